@@ -51,7 +51,9 @@ def save_weights(model: nn.Module, out_dir: Path, name: str, metadata: dict[str,
 def read_metadata(weights_path: Path) -> dict[str, Any]:
     meta_path = weights_path.with_suffix(".json")
     if not meta_path.is_file():
-        raise WeightsError(f"{meta_path}: metadata file missing (it must sit beside {weights_path.name})")
+        raise WeightsError(
+            f"{meta_path}: metadata file missing (it must sit beside {weights_path.name})"
+        )
     try:
         meta = json.loads(meta_path.read_text())
     except (OSError, json.JSONDecodeError) as exc:

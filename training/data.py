@@ -160,9 +160,7 @@ def load_split(data_dir: Path, split: str, verify: bool = True) -> tuple[np.ndar
         arrays.append(parse(raw, str(path)))
     images, labels = arrays
     if len(images) != len(labels):
-        raise IDXError(
-            f"{data_dir}: {prefix} has {len(images)} images but {len(labels)} labels"
-        )
+        raise IDXError(f"{data_dir}: {prefix} has {len(images)} images but {len(labels)} labels")
     return images, labels
 
 

@@ -66,8 +66,9 @@ def train_one_epoch(
         if progress is not None:
             progress.update(1)
             if step % 50 == 0:  # syncs with the device, so only now and then
-                progress.set_postfix(loss=f"{loss_sum.item() / seen:.4f}",
-                                     acc=f"{correct.item() / seen:.4f}")
+                progress.set_postfix(
+                    loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.4f}"
+                )
     loss_total, correct_total, seen_total = _reduce(
         loss_sum, correct, torch.tensor(float(seen), device=device)
     )

@@ -34,7 +34,7 @@ def _conv_bn(c_in: int, c_out: int) -> nn.Sequential:
 
 
 class CNN(nn.Module):
-    """The default and most accurate model: three conv stages with BatchNorm, then two linear layers.
+    """The default and most accurate model: three conv stages with BatchNorm, two linear layers.
 
     28x28 -> 14x14 -> 7x7 -> 3x3 feature maps; about 0.6 M parameters.
     """

@@ -7,12 +7,12 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # no display on servers and in CI
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
 
-from training.data import MNIST  # noqa: E402
-from training.engine import EvalResult  # noqa: E402
+from training.data import MNIST
+from training.engine import EvalResult
 
 
 def curves(history: list[dict], path: Path) -> None:
@@ -23,8 +23,7 @@ def curves(history: list[dict], path: Path) -> None:
     val = [h for h in history if "val_loss" in h]
     if val:
         ax_loss.plot([h["epoch"] for h in val], [h["val_loss"] for h in val], label="validation")
-        ax_acc.plot([h["epoch"] for h in val], [h["val_accuracy"] for h in val],
-                    label="validation")
+        ax_acc.plot([h["epoch"] for h in val], [h["val_accuracy"] for h in val], label="validation")
     ax_loss.set(xlabel="epoch", ylabel="loss", yscale="log", title="loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
     for ax in (ax_loss, ax_acc):
@@ -44,8 +43,13 @@ def confusion(matrix: list[list[int]], path: Path) -> None:
     for i in range(10):
         for j in range(10):
             ax.text(j, i, str(m[i, j]), ha="center", va="center", fontsize=7)
-    ax.set(xticks=range(10), yticks=range(10), xlabel="predicted", ylabel="true",
-           title="test confusion matrix (colour: errors)")
+    ax.set(
+        xticks=range(10),
+        yticks=range(10),
+        xlabel="predicted",
+        ylabel="true",
+        title="test confusion matrix (colour: errors)",
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -66,20 +70,31 @@ def image_grid(images: np.ndarray, titles: list[str], path: Path, title: str) ->
     plt.close(fig)
 
 
-def write_all(run_dir: Path, history: list[dict], matrix: list[list[int]], mnist: MNIST,
-              test: EvalResult) -> None:
+def write_all(
+    run_dir: Path, history: list[dict], matrix: list[list[int]], mnist: MNIST, test: EvalResult
+) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     curves(history, run_dir / "curves.png")
     confusion(matrix, run_dir / "confusion.png")
     train_x, train_y = mnist.train
-    image_grid(train_x[:32], [str(int(y)) for y in train_y[:32]], run_dir / "samples.png",
-               "training samples")
+    image_grid(
+        train_x[:32],
+        [str(int(y)) for y in train_y[:32]],
+        run_dir / "samples.png",
+        "training samples",
+    )
     test_x, test_y = mnist.test
     targets = torch.from_numpy(test_y.astype(np.int64))
     true_prob = test.probabilities.gather(1, targets[:, None]).squeeze(1)
     wrong = (test.predictions != targets).nonzero().squeeze(1)
     worst = wrong[true_prob[wrong].argsort()][:32].numpy()
-    titles = [f"{int(test_y[i])}->{int(test.predictions[i])} "
-              f"{float(test.probabilities[i].max()):.2f}" for i in worst]
-    image_grid(test_x[worst], titles, run_dir / "worst.png",
-               "worst test mistakes (true->predicted, confidence)")
+    titles = [
+        f"{int(test_y[i])}->{int(test.predictions[i])} {float(test.probabilities[i].max()):.2f}"
+        for i in worst
+    ]
+    image_grid(
+        test_x[worst],
+        titles,
+        run_dir / "worst.png",
+        "worst test mistakes (true->predicted, confidence)",
+    )

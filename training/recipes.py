@@ -28,15 +28,27 @@ class Recipe:
 
 RECIPES: dict[str, Recipe] = {
     # The shipped default: about 99.7% test accuracy in well under a minute on one H100.
-    "cnn": Recipe("cnn", epochs=30, batch_size=128, lr=3e-3, weight_decay=5e-2,
-                  augment=True, amp=True),
+    "cnn": Recipe(
+        "cnn", epochs=30, batch_size=128, lr=3e-3, weight_decay=5e-2, augment=True, amp=True
+    ),
     # The tutorial MLP; augmentation keeps it from memorising the training set.
-    "mlp": Recipe("mlp", epochs=30, batch_size=128, lr=1e-3, weight_decay=5e-2,
-                  augment=True, amp=True),
+    "mlp": Recipe(
+        "mlp", epochs=30, batch_size=128, lr=1e-3, weight_decay=5e-2, augment=True, amp=True
+    ),
     # cuDNN's LSTM is run in fp32: its bf16 path is not available on every torch version.
-    "rnn": Recipe("rnn", epochs=20, batch_size=128, lr=3e-3, weight_decay=1e-2,
-                  augment=False, amp=False),
+    "rnn": Recipe(
+        "rnn", epochs=20, batch_size=128, lr=3e-3, weight_decay=1e-2, augment=False, amp=False
+    ),
     # The speed recipe: >= 99% test accuracy in a fraction of a second on an H100.
-    "fast": Recipe("fastcnn", epochs=2, batch_size=512, lr=1e-2, weight_decay=5e-4,
-                   augment=False, amp=True, warmup_fraction=0.2, eval_every=0),
+    "fast": Recipe(
+        "fastcnn",
+        epochs=2,
+        batch_size=512,
+        lr=1e-2,
+        weight_decay=5e-4,
+        augment=False,
+        amp=True,
+        warmup_fraction=0.2,
+        eval_every=0,
+    ),
 }

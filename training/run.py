@@ -1,14 +1,13 @@
 """Train an MNIST model and write weights/<name>.pt with weights/<name>.json beside it.
 
-    python -m training.run                       # the default CNN on the best device
-    python -m training.run --model mlp --epochs 5
-    torchrun --nproc_per_node=2 -m training.run  # DistributedDataParallel, one process per GPU
+python -m training.run                       # the default CNN on the best device
+python -m training.run --model mlp --epochs 5
+torchrun --nproc_per_node=2 -m training.run  # DistributedDataParallel, one process per GPU
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime as dt
 import os
 import sys
@@ -39,43 +38,91 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Train an MNIST digit classifier and save its state_dict and metadata.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--model", choices=sorted(RECIPES), default="cnn",
-                   help="recipe to train: cnn, mlp, rnn, or fast (the speed recipe, a lean CNN)")
-    p.add_argument("--epochs", type=int, default=None,
-                   help="epochs (default: the recipe's: cnn 30, mlp 30, rnn 20, fast 2)")
-    p.add_argument("--batch-size", type=int, default=None,
-                   help="global batch size, split across DDP ranks (default: the recipe's: 128; "
-                   "fast 512)")
-    p.add_argument("--lr", type=float, default=None,
-                   help="peak one-cycle learning rate (default: the recipe's: cnn 3e-3, mlp 1e-3, "
-                   "rnn 3e-3, fast 1e-2)")
+    p.add_argument(
+        "--model",
+        choices=sorted(RECIPES),
+        default="cnn",
+        help="recipe to train: cnn, mlp, rnn, or fast (the speed recipe, a lean CNN)",
+    )
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="epochs (default: the recipe's: cnn 30, mlp 30, rnn 20, fast 2)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="global batch size, split across DDP ranks (default: the recipe's: 128; fast 512)",
+    )
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="peak one-cycle learning rate (default: the recipe's: cnn 3e-3, mlp 1e-3, "
+        "rnn 3e-3, fast 1e-2)",
+    )
     p.add_argument("--no-augment", action="store_true", help="turn off the random affine")
     p.add_argument("--seed", type=int, default=0, help="random seed")
-    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto",
-                   help="auto picks cuda, then mps, then cpu")
-    p.add_argument("--data-dir", type=Path, default=None,
-                   help=f"folder with the four MNIST IDX files (default: ${DATA_DIR_ENV} or "
-                   "data/mnist in the repo; downloaded there if missing)")
-    p.add_argument("--no-download", action="store_true",
-                   help="never try the public mirrors when files are missing")
-    p.add_argument("--out", type=Path, default=REPO_ROOT / "weights",
-                   help="folder for <name>.pt and <name>.json")
+    p.add_argument(
+        "--device",
+        choices=DEVICE_CHOICES,
+        default="auto",
+        help="auto picks cuda, then mps, then cpu",
+    )
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help=f"folder with the four MNIST IDX files (default: ${DATA_DIR_ENV} or "
+        "data/mnist in the repo; downloaded there if missing)",
+    )
+    p.add_argument(
+        "--no-download",
+        action="store_true",
+        help="never try the public mirrors when files are missing",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=REPO_ROOT / "weights",
+        help="folder for <name>.pt and <name>.json",
+    )
     p.add_argument("--name", default=None, help="file stem of the weights (default: --model)")
-    p.add_argument("--run-dir", type=Path, default=None,
-                   help="folder for plots and the resume checkpoint (default: "
-                   "runs/<name>-<timestamp>)")
-    p.add_argument("--resume", type=Path, default=None,
-                   help="continue from a full checkpoint (a run folder's last.ckpt)")
-    p.add_argument("--patience", type=int, default=0,
-                   help="stop after this many epochs without a better validation accuracy "
-                   "(0: never)")
-    p.add_argument("--train-subset", type=int, default=None,
-                   help="train on the first N training images only (quick checks)")
+    p.add_argument(
+        "--run-dir",
+        type=Path,
+        default=None,
+        help="folder for plots and the resume checkpoint (default: runs/<name>-<timestamp>)",
+    )
+    p.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        help="continue from a full checkpoint (a run folder's last.ckpt)",
+    )
+    p.add_argument(
+        "--patience",
+        type=int,
+        default=0,
+        help="stop after this many epochs without a better validation accuracy (0: never)",
+    )
+    p.add_argument(
+        "--train-subset",
+        type=int,
+        default=None,
+        help="train on the first N training images only (quick checks)",
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
-    p.add_argument("--dist-timeout", type=float, default=300.0,
-                   help="seconds a DDP rank waits for the others before the run fails")
+    p.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=300.0,
+        help="seconds a DDP rank waits for the others before the run fails",
+    )
     return p.parse_args(argv)
 
 
@@ -122,8 +169,10 @@ def build_optimizer(model: nn.Module, recipe: Recipe, steps_per_epoch: int):
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
     optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": recipe.weight_decay},
-         {"params": no_decay, "weight_decay": 0.0}],
+        [
+            {"params": decay, "weight_decay": recipe.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
         lr=recipe.lr,
     )
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
@@ -180,14 +229,22 @@ def main(argv: list[str] | None = None) -> int:
         train_x, train_y = train_x[: args.train_subset], train_y[: args.train_subset]
     per_rank_batch = max(1, recipe.batch_size // ddp.world_size)
     train_batches = TensorLoader(
-        train_x, train_y, per_rank_batch, device, shuffle=True,
-        augment=RandomAffine() if recipe.augment else None, seed=args.seed,
-        rank=ddp.rank, world_size=ddp.world_size, drop_last=True, channels_last=channels_last,
+        train_x,
+        train_y,
+        per_rank_batch,
+        device,
+        shuffle=True,
+        augment=RandomAffine() if recipe.augment else None,
+        seed=args.seed,
+        rank=ddp.rank,
+        world_size=ddp.world_size,
+        drop_last=True,
+        channels_last=channels_last,
     )
-    val_batches = TensorLoader(*mnist.val, 1000, device, shuffle=False,
-                               channels_last=channels_last)
-    test_batches = TensorLoader(*mnist.test, 1000, device, shuffle=False,
-                                channels_last=channels_last)
+    val_batches = TensorLoader(*mnist.val, 1000, device, shuffle=False, channels_last=channels_last)
+    test_batches = TensorLoader(
+        *mnist.test, 1000, device, shuffle=False, channels_last=channels_last
+    )
 
     optimizer, scheduler = build_optimizer(model, recipe, len(train_batches))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
@@ -215,50 +272,72 @@ def main(argv: list[str] | None = None) -> int:
     if args.compile:
         train_model = torch.compile(train_model)
 
-    log(f"training {name} ({recipe.model}, {count_parameters(model):,} parameters) on "
+    log(
+        f"training {name} ({recipe.model}, {count_parameters(model):,} parameters) on "
         f"{device_name(device)} x{ddp.world_size}: {recipe.epochs} epochs, batch "
-        f"{recipe.batch_size}, lr {recipe.lr}, augment {recipe.augment}, amp {recipe.amp}")
+        f"{recipe.batch_size}, lr {recipe.lr}, augment {recipe.augment}, amp {recipe.amp}"
+    )
     stale = 0
     for epoch in range(start_epoch, recipe.epochs + 1):
         torch.manual_seed(args.seed * 1000 + epoch)  # reproducible augmentation after resume
         train_batches.set_epoch(epoch)
         bar = None
         if ddp.is_main and not args.no_progress:
-            bar = tqdm(total=len(train_batches), desc=f"epoch {epoch}/{recipe.epochs}",
-                       leave=False, dynamic_ncols=True)
+            bar = tqdm(
+                total=len(train_batches),
+                desc=f"epoch {epoch}/{recipe.epochs}",
+                leave=False,
+                dynamic_ncols=True,
+            )
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
-        train_metrics = train_one_epoch(train_model, train_batches, optimizer, loss_fn,
-                                        scheduler, amp=recipe.amp, progress=bar)
+        train_metrics = train_one_epoch(
+            train_model, train_batches, optimizer, loss_fn, scheduler, amp=recipe.amp, progress=bar
+        )
         last = epoch == recipe.epochs
         validate = last or (recipe.eval_every and epoch % recipe.eval_every == 0)
         val = evaluate(model, val_batches, loss_fn, amp=recipe.amp) if validate else None
         train_seconds += time.perf_counter() - t0  # evaluate() synchronised via .item()
         if bar is not None:
             bar.close()
-        row = {"epoch": epoch, "train_loss": train_metrics.loss,
-               "train_accuracy": train_metrics.accuracy, "lr": scheduler.get_last_lr()[0],
-               "seconds": round(train_seconds, 3)}
+        row = {
+            "epoch": epoch,
+            "train_loss": train_metrics.loss,
+            "train_accuracy": train_metrics.accuracy,
+            "lr": scheduler.get_last_lr()[0],
+            "seconds": round(train_seconds, 3),
+        }
         if val is not None:
             row.update(val_loss=val.loss, val_accuracy=val.accuracy)
             better = (val.accuracy, -val.loss) > (best["val_accuracy"], -best["val_loss"])
             if better:
                 state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                best = {"val_accuracy": val.accuracy, "val_loss": val.loss, "epoch": epoch,
-                        "state": state}
+                best = {
+                    "val_accuracy": val.accuracy,
+                    "val_loss": val.loss,
+                    "epoch": epoch,
+                    "state": state,
+                }
                 stale = 0
             else:
                 stale += 1
         history.append(row)
-        log(f"epoch {epoch:3d}  train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f}"
+        log(
+            f"epoch {epoch:3d}  train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f}"
             + (f"  val loss {val.loss:.4f} acc {val.accuracy:.4f}" if val else "")
-            + f"  [{train_seconds:.1f}s]")
+            + f"  [{train_seconds:.1f}s]"
+        )
         if ddp.is_main:
             checkpoint.save_checkpoint(
-                run_dir / "last.ckpt", model=model.state_dict(),
-                optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                epoch=epoch, history=history, best=best, train_seconds=train_seconds,
+                run_dir / "last.ckpt",
+                model=model.state_dict(),
+                optimizer=optimizer.state_dict(),
+                scheduler=scheduler.state_dict(),
+                epoch=epoch,
+                history=history,
+                best=best,
+                train_seconds=train_seconds,
                 recipe=recipe.as_dict(),
             )
         if args.patience and stale >= args.patience:
@@ -278,16 +357,24 @@ def main(argv: list[str] | None = None) -> int:
             "parameters": count_parameters(model),
             "recipe": recipe.as_dict(),
             "seed": args.seed,
-            "input": {"shape": [1, 28, 28], "dtype": "float32",
-                      "normalization": {"mean": MNIST_MEAN, "std": MNIST_STD},
-                      "pixels": "grey levels 0-255, 0 = background, 255 = ink; x/255 then "
-                                "(x - mean) / std"},
+            "input": {
+                "shape": [1, 28, 28],
+                "dtype": "float32",
+                "normalization": {"mean": MNIST_MEAN, "std": MNIST_STD},
+                "pixels": "grey levels 0-255, 0 = background, 255 = ink; x/255 then "
+                "(x - mean) / std",
+            },
             "classes": list(range(10)),
             "best_epoch": best["epoch"],
             "epochs_run": len(history),
             "val": {"accuracy": val.accuracy, "loss": val.loss, "samples": val.samples},
-            "test": {"accuracy": test.accuracy, "loss": test.loss, "samples": test.samples,
-                     "per_class_accuracy": class_accuracy, "confusion_matrix": confusion},
+            "test": {
+                "accuracy": test.accuracy,
+                "loss": test.loss,
+                "samples": test.samples,
+                "per_class_accuracy": class_accuracy,
+                "confusion_matrix": confusion,
+            },
             "train_samples": len(train_y),
             "dataset": {"checksums_md5": mnist.checksums, "validation": "last 5000 of train"},
             "torch_version": torch.__version__,
@@ -311,8 +398,10 @@ def print_summary(name: str, meta: dict, weights_path: Path, run_dir: Path) -> N
         ("device", f"{meta['device']} x{meta['world_size']}"),
         ("best epoch", f"{meta['best_epoch']} of {meta['epochs_run']}"),
         ("val accuracy", f"{meta['val']['accuracy'] * 100:.2f}%  (loss {meta['val']['loss']:.4f})"),
-        ("test accuracy",
-         f"{meta['test']['accuracy'] * 100:.2f}%  (loss {meta['test']['loss']:.4f})"),
+        (
+            "test accuracy",
+            f"{meta['test']['accuracy'] * 100:.2f}%  (loss {meta['test']['loss']:.4f})",
+        ),
         ("training loop", f"{meta['train_loop_seconds']:.1f} s"),
         ("weights", str(weights_path)),
         ("run folder", str(run_dir)),
