@@ -50,5 +50,6 @@ RECIPES: dict[str, Recipe] = {
         amp=True,
         warmup_fraction=0.2,
         eval_every=0,
+        model_kwargs={"width": 32},
     ),
 }
