@@ -23,7 +23,8 @@ def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextM
     """bf16 autocast on CUDA: the matrix units run bf16 at several times the fp32 rate, and bf16
     keeps fp32's exponent range, so no loss scaling is needed."""
     if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+        # cache_enabled=False: autocast's weight-cast cache is unsafe inside CUDA graph capture.
+        return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
     return contextlib.nullcontext()
 
 

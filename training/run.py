@@ -12,6 +12,7 @@ import datetime as dt
 import os
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,7 +26,8 @@ from training import checkpoint, plots
 from training.augment import RandomAffine
 from training.data import DATA_DIR_ENV, DatasetNotFound, IDXError, TensorLoader, load_mnist
 from training.device import DEVICE_CHOICES, device_name, select_device
-from training.engine import EvalResult, evaluate, train_one_epoch
+from training.engine import EpochMetrics, EvalResult, evaluate, train_one_epoch
+from training.graphed import GraphedTrainStep, capturable_adamw, one_cycle_schedule
 from training.models import MNIST_MEAN, MNIST_STD, build_model, count_parameters
 from training.recipes import RECIPES, Recipe
 
@@ -115,6 +117,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="train on the first N training images only (quick checks)",
     )
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument(
+        "--no-cuda-graph",
+        action="store_true",
+        help="train eagerly on CUDA instead of replaying a captured CUDA graph",
+    )
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
     p.add_argument(
@@ -164,26 +171,117 @@ class Distributed:
             dist.destroy_process_group()
 
 
-def build_optimizer(model: nn.Module, recipe: Recipe, steps_per_epoch: int, device: torch.device):
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     # No weight decay on biases and norm parameters: decaying them only hurts.
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": recipe.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=recipe.lr,
-        # One fused kernel for the whole update on CUDA instead of several per parameter.
-        fused=device.type == "cuda",
-    )
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer,
-        max_lr=recipe.lr,
-        total_steps=recipe.epochs * steps_per_epoch,
-        pct_start=recipe.warmup_fraction,
-    )
-    return optimizer, scheduler
+    return [
+        {"params": [p for p in model.parameters() if p.ndim > 1], "weight_decay": weight_decay},
+        {"params": [p for p in model.parameters() if p.ndim <= 1], "weight_decay": 0.0},
+    ]
+
+
+class EagerTrainer:
+    """The plain loop of engine.train_one_epoch with AdamW and a one-cycle schedule."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        recipe: Recipe,
+        steps_per_epoch: int,
+        device: torch.device,
+        loss_fn: nn.Module,
+    ) -> None:
+        self.model, self.loss_fn, self.amp = model, loss_fn, recipe.amp
+        self.optimizer = torch.optim.AdamW(
+            parameter_groups(model, recipe.weight_decay),
+            lr=recipe.lr,
+            # One fused kernel for the whole update on CUDA instead of several per parameter.
+            fused=device.type == "cuda",
+        )
+        self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            self.optimizer,
+            max_lr=recipe.lr,
+            total_steps=recipe.epochs * steps_per_epoch,
+            pct_start=recipe.warmup_fraction,
+            cycle_momentum=False,
+        )
+
+    def prepare(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        pass  # nothing to capture
+
+    def run_epoch(self, batches, progress=None) -> EpochMetrics:
+        return train_one_epoch(
+            self.model,
+            batches,
+            self.optimizer,
+            self.loss_fn,
+            self.scheduler,
+            amp=self.amp,
+            progress=progress,
+        )
+
+    def state_dict(self) -> dict:
+        return self.scheduler.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.scheduler.load_state_dict(state)
+
+    @property
+    def last_lr(self) -> float:
+        return self.scheduler.get_last_lr()[0]
+
+
+class CUDAGraphTrainer:
+    """The same step, captured as a CUDA graph (see graphed.py); CUDA and one process only."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        recipe: Recipe,
+        steps_per_epoch: int,
+        device: torch.device,
+        loss_fn: nn.Module,
+    ) -> None:
+        self.model, self.loss_fn, self.amp = model, loss_fn, recipe.amp
+        self.optimizer = capturable_adamw(parameter_groups(model, recipe.weight_decay), device)
+        self.rates = one_cycle_schedule(
+            recipe.lr, recipe.epochs * steps_per_epoch, recipe.warmup_fraction
+        )
+        self.step: GraphedTrainStep | None = None
+        self._pending: dict | None = None
+
+    def prepare(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Capture after any resumed optimizer state is loaded, so the graph uses its tensors."""
+        example = next(iter(batches))  # fixes the shapes of the graph's input tensors
+        self.step = GraphedTrainStep(
+            self.model, self.optimizer, self.loss_fn, self.rates, example, self.amp
+        )
+        if self._pending:
+            self.step.load_state_dict(self._pending)
+
+    def run_epoch(self, batches, progress=None) -> EpochMetrics:
+        return self.step.run_epoch(batches, progress)
+
+    def state_dict(self) -> dict:
+        return self.step.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self._pending = state
+
+    @property
+    def last_lr(self) -> float:
+        return self.step.last_lr
+
+
+def build_trainer(
+    train_model: nn.Module,
+    recipe: Recipe,
+    steps_per_epoch: int,
+    device: torch.device,
+    loss_fn: nn.Module,
+    graphed: bool,
+):
+    cls = CUDAGraphTrainer if graphed else EagerTrainer
+    return cls(train_model, recipe, steps_per_epoch, device, loss_fn)
 
 
 def per_class(result: EvalResult, labels: np.ndarray) -> tuple[list[float], list[list[int]]]:
@@ -248,8 +346,21 @@ def main(argv: list[str] | None = None) -> int:
         *mnist.test, 1000, device, shuffle=False, channels_last=channels_last
     )
 
-    optimizer, scheduler = build_optimizer(model, recipe, len(train_batches), device)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
+    train_model: nn.Module = model
+    if ddp.world_size > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        train_model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    if args.compile:
+        train_model = torch.compile(train_model)
+    graphed = (
+        recipe.cuda_graph
+        and device.type == "cuda"
+        and ddp.world_size == 1
+        and not args.compile
+        and not args.no_cuda_graph
+    )
+    trainer = build_trainer(train_model, recipe, len(train_batches), device, loss_fn, graphed)
 
     start_epoch, history = 1, []
     best = {"val_accuracy": -1.0, "val_loss": float("inf"), "epoch": 0, "state": None}
@@ -257,8 +368,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume:
         ckpt = checkpoint.load_checkpoint(args.resume)
         model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
+        trainer.optimizer.load_state_dict(ckpt["optimizer"])
+        trainer.load_state_dict(ckpt["scheduler"])
         start_epoch, history, best = ckpt["epoch"] + 1, ckpt["history"], ckpt["best"]
         train_seconds = ckpt["train_seconds"]
         run_dir = args.resume.parent
@@ -267,17 +378,12 @@ def main(argv: list[str] | None = None) -> int:
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         run_dir = args.run_dir or REPO_ROOT / "runs" / f"{name}-{stamp}"
 
-    train_model: nn.Module = model
-    if ddp.world_size > 1:
-        ids = [device.index] if device.type == "cuda" else None
-        train_model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    if args.compile:
-        train_model = torch.compile(train_model)
-
+    trainer.prepare(train_batches)  # captures the CUDA graph, if any
     log(
         f"training {name} ({recipe.model}, {count_parameters(model):,} parameters) on "
         f"{device_name(device)} x{ddp.world_size}: {recipe.epochs} epochs, batch "
-        f"{recipe.batch_size}, lr {recipe.lr}, augment {recipe.augment}, amp {recipe.amp}"
+        f"{recipe.batch_size}, lr {recipe.lr}, augment {recipe.augment}, amp {recipe.amp}, "
+        f"CUDA graph {graphed}"
     )
     stale = 0
     for epoch in range(start_epoch, recipe.epochs + 1):
@@ -294,9 +400,7 @@ def main(argv: list[str] | None = None) -> int:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
-        train_metrics = train_one_epoch(
-            train_model, train_batches, optimizer, loss_fn, scheduler, amp=recipe.amp, progress=bar
-        )
+        train_metrics = trainer.run_epoch(train_batches, progress=bar)
         last = epoch == recipe.epochs
         validate = last or (recipe.eval_every and epoch % recipe.eval_every == 0)
         val = evaluate(model, val_batches, loss_fn, amp=recipe.amp) if validate else None
@@ -307,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
             "epoch": epoch,
             "train_loss": train_metrics.loss,
             "train_accuracy": train_metrics.accuracy,
-            "lr": scheduler.get_last_lr()[0],
+            "lr": trainer.last_lr,
             "seconds": round(train_seconds, 3),
         }
         if val is not None:
@@ -334,8 +438,8 @@ def main(argv: list[str] | None = None) -> int:
             checkpoint.save_checkpoint(
                 run_dir / "last.ckpt",
                 model=model.state_dict(),
-                optimizer=optimizer.state_dict(),
-                scheduler=scheduler.state_dict(),
+                optimizer=trainer.optimizer.state_dict(),
+                scheduler=trainer.state_dict(),
                 epoch=epoch,
                 history=history,
                 best=best,

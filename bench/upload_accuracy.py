@@ -1,0 +1,340 @@
+"""Accuracy on realistic uploads: the service's preprocessing against a naive resize.
+
+    python bench/upload_accuracy.py --weights weights/cnn.pt --limit 1000
+
+Builds a deterministic synthetic "real-world upload" set from the MNIST test split (all 10k
+images per family unless --limit), in families that mimic what users send:
+
+    raw       the 28x28 MNIST image itself, as PNG (the pipeline must not hurt it)
+    paper     dark ink on paper, photographed: tinted paper, gradient lighting, noise, slight
+              rotation, random size and position, JPEG (colour or grey)
+    canvas    a drawing-app export: RGBA, transparent background, ink of a random colour
+    thick     marker strokes far thicker than MNIST's, dark on light
+    thin      fine-pen strokes far thinner than MNIST's, dark on light
+    stretched binarised (1-bit) and stretched in x or y, as from a thresholding scanner
+    chalk     light ink on a dark noisy board (inverse polarity), JPEG
+
+Every image goes through `service.preprocess.preprocess_upload` (bytes in, 28x28 out) and
+through a naive baseline (convert to L, resize to 28x28, no inversion); both feed the same
+model. Prints a markdown table (accuracy per family, preprocessing time per image) and
+writes it to bench/results/upload_accuracy.md with the command, date and machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import io
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from scipy import ndimage
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from service.preprocess import InputError, preprocess_upload, to_model_input  # noqa: E402
+from training.checkpoint import load_weights  # noqa: E402
+from training.data import load_split  # noqa: E402
+
+MAX_PIXELS = 20_000_000
+SEED = 20240607
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def upscale(digit: np.ndarray, size: int) -> np.ndarray:
+    """MNIST 28x28 uint8 -> ink coverage 0..1 with the 20 px digit box scaled to `size` px."""
+    side = max(8, round(28 * size / 20))
+    img = Image.fromarray(digit).resize((side, side), Image.Resampling.BICUBIC)
+    return np.clip(np.asarray(img, dtype=np.float32) / 255.0, 0.0, 1.0)
+
+
+def rotate(cover: np.ndarray, degrees: float) -> np.ndarray:
+    img = Image.fromarray(cover).rotate(degrees, Image.Resampling.BICUBIC, expand=True)
+    return np.clip(np.asarray(img, dtype=np.float32), 0.0, 1.0)
+
+
+def place(cover: np.ndarray, rng: np.random.Generator, margin: tuple[float, float]) -> np.ndarray:
+    """Put the coverage map at a random position on a larger empty canvas."""
+    h, w = cover.shape
+    ch = int(h * rng.uniform(*margin))
+    cw = int(w * rng.uniform(*margin))
+    y, x = rng.integers(0, ch - h + 1), rng.integers(0, cw - w + 1)
+    out = np.zeros((ch, cw), dtype=np.float32)
+    out[y : y + h, x : x + w] = cover
+    return out
+
+
+def lighting(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """Multiplicative illumination: a linear gradient in a random direction plus vignetting."""
+    h, w = shape
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    ys, xs = ys / max(h - 1, 1) - 0.5, xs / max(w - 1, 1) - 0.5
+    angle = rng.uniform(0, 2 * np.pi)
+    ramp = np.cos(angle) * xs + np.sin(angle) * ys
+    light = 1.0 - rng.uniform(0.0, 0.45) * (ramp + 0.5)
+    return light - rng.uniform(0.0, 0.5) * (xs**2 + ys**2)
+
+
+def encode(img: Image.Image, fmt: str, **kwargs: object) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kwargs)
+    return buf.getvalue()
+
+
+def to_rgb(grey_or_rgb: np.ndarray) -> Image.Image:
+    return Image.fromarray(np.clip(grey_or_rgb, 0, 255).round().astype(np.uint8))
+
+
+def random_size(rng: np.random.Generator, lo: int, hi: int) -> int:
+    return int(np.exp(rng.uniform(np.log(lo), np.log(hi))))  # log-uniform: many small, some big
+
+
+def paper(digit: np.ndarray, rng: np.random.Generator) -> bytes:
+    cover = rotate(upscale(digit, random_size(rng, 40, 400)), rng.uniform(-8, 8))
+    cover = place(cover, rng, (1.2, 2.5))
+    paper_rgb = rng.uniform(175, 250) - rng.uniform(0, 30, size=3)  # white to cream/grey
+    ink_rgb = rng.uniform(0, 90, size=3)  # black, blue-black, pencil grey
+    a = cover[..., None]
+    rgb = (paper_rgb * (1 - a) + ink_rgb * a) * lighting(cover.shape, rng)[..., None]
+    rgb += rng.normal(0, rng.uniform(1, 10), size=rgb.shape)
+    img = to_rgb(rgb)
+    if rng.random() < 0.3:
+        img = img.convert("L")
+    return encode(img, "JPEG", quality=int(rng.integers(50, 96)))
+
+
+def canvas(digit: np.ndarray, rng: np.random.Generator) -> bytes:
+    cover = place(upscale(digit, random_size(rng, 40, 300)), rng, (1.1, 2.5))
+    ink = rng.integers(0, 256, size=3)
+    rgba = np.zeros((*cover.shape, 4), dtype=np.uint8)
+    # What a transparent pixel's colour is differs by app: black, white, or the ink colour.
+    rgba[..., :3] = rng.choice([0, 255]) if rng.random() < 0.5 else ink
+    rgba[cover > 0, :3] = ink
+    rgba[..., 3] = np.round(cover * 255).astype(np.uint8)
+    return encode(Image.fromarray(rgba), "PNG")
+
+
+def dark_on_light(cover: np.ndarray, rng: np.random.Generator, fmt: str = "PNG") -> bytes:
+    paper_level, ink_level = rng.uniform(200, 255), rng.uniform(0, 70)
+    grey = paper_level * (1 - cover) + ink_level * cover + rng.normal(0, 3, size=cover.shape)
+    return encode(to_rgb(grey), fmt)
+
+
+def thick(digit: np.ndarray, rng: np.random.Generator) -> bytes:
+    # Dilate at 2x MNIST resolution with a disk: strokes gain 2-6 MNIST px of width.
+    big = upscale(digit, 40)
+    radius = int(rng.integers(2, 7))
+    disk = np.hypot(*np.mgrid[-radius : radius + 1, -radius : radius + 1]) <= radius
+    big = ndimage.grey_dilation(big, footprint=disk)
+    cover = upscale((big * 255).astype(np.uint8), random_size(rng, 40, 300))
+    return dark_on_light(place(cover, rng, (1.2, 2.0)), rng)
+
+
+def skeleton(solid: np.ndarray) -> np.ndarray:
+    """One-pixel-wide centre lines of a binary image (Zhang-Suen thinning, vectorised)."""
+    img = np.pad(solid.astype(np.uint8), 1)
+    while True:
+        changed = False
+        for step in (0, 1):
+            # Neighbours clockwise from north: P2..P9 in Zhang and Suen's naming.
+            p = [
+                np.roll(img, shift, (0, 1))
+                for shift in ((1, 0), (1, -1), (0, -1), (-1, -1), (-1, 0), (-1, 1), (0, 1), (1, 1))
+            ]
+            count = sum(q.astype(np.int32) for q in p)
+            turns = sum(((p[k] == 0) & (p[(k + 1) % 8] == 1)).astype(np.int32) for k in range(8))
+            n, e, s, w = p[0], p[2], p[4], p[6]
+            if step == 0:
+                keep_a, keep_b = n * e * s, e * s * w
+            else:
+                keep_a, keep_b = n * e * w, n * s * w
+            delete = (img == 1) & (count >= 2) & (count <= 6) & (turns == 1)
+            delete &= (keep_a == 0) & (keep_b == 0)
+            if delete.any():
+                img[delete] = 0
+                changed = True
+        if not changed:
+            return img[1:-1, 1:-1].astype(bool)
+
+
+def thin(digit: np.ndarray, rng: np.random.Generator) -> bytes:
+    # A fine pen: the skeleton of the (binarised, upscaled) digit drawn with a narrow nib.
+    size = random_size(rng, 120, 400)
+    lines = skeleton(upscale(digit, size) > 0.5)
+    pen = max(1.0, size * rng.uniform(0.005, 0.015))  # radius: stroke 1-3 % of the digit
+    reach = int(np.ceil(pen))
+    disk = np.hypot(*np.mgrid[-reach : reach + 1, -reach : reach + 1]) <= pen
+    cover = ndimage.binary_dilation(lines, structure=disk).astype(np.float32)
+    cover = ndimage.uniform_filter(cover, 3)  # a little anti-aliasing
+    return dark_on_light(place(cover, rng, (1.2, 2.0)), rng)
+
+
+def stretched(digit: np.ndarray, rng: np.random.Generator) -> bytes:
+    binary = digit > rng.integers(60, 190)
+    size = random_size(rng, 30, 250)
+    stretch = rng.uniform(0.45, 0.8) if rng.random() < 0.5 else rng.uniform(1.25, 2.0)
+    sx, sy = (size * stretch, size) if rng.random() < 0.5 else (size, size * stretch)
+    img = Image.fromarray(binary).resize(
+        (max(4, round(28 * sx / 20)), max(4, round(28 * sy / 20))), Image.Resampling.NEAREST
+    )
+    cover = place(np.asarray(img, dtype=np.float32), rng, (1.1, 1.8))
+    page = Image.fromarray(cover < 0.5)  # mode "1": ink black, paper white
+    return encode(page, "PNG" if rng.random() < 0.5 else "BMP")
+
+
+def chalk(digit: np.ndarray, rng: np.random.Generator) -> bytes:
+    cover = place(upscale(digit, random_size(rng, 40, 300)), rng, (1.2, 2.5))
+    board = np.array([30, 60, 40]) * rng.uniform(0.5, 1.5)
+    a = cover[..., None] * rng.uniform(0.6, 1.0)  # chalk is not fully opaque
+    rgb = board * (1 - a) + rng.uniform(200, 250) * a
+    rgb = rgb * lighting(cover.shape, rng)[..., None] + rng.normal(0, 6, size=rgb.shape)
+    return encode(to_rgb(rgb), "JPEG", quality=int(rng.integers(60, 96)))
+
+
+def raw(digit: np.ndarray, rng: np.random.Generator) -> bytes:
+    return encode(Image.fromarray(digit), "PNG")
+
+
+FAMILIES: dict[str, Callable[[np.ndarray, np.random.Generator], bytes]] = {
+    "raw": raw,
+    "paper": paper,
+    "canvas": canvas,
+    "thick": thick,
+    "thin": thin,
+    "stretched": stretched,
+    "chalk": chalk,
+}
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+def naive(data: bytes) -> np.ndarray:
+    """The baseline: what a service without preprocessing would feed the model."""
+    return np.asarray(Image.open(io.BytesIO(data)).convert("L").resize((28, 28)))
+
+
+def predict(model: torch.nn.Module, images: np.ndarray) -> np.ndarray:
+    preds = []
+    with torch.inference_mode():
+        for start in range(0, len(images), 1000):
+            batch = to_model_input(images[start : start + 1000])
+            preds.append(model(batch).argmax(1).numpy())
+    return np.concatenate(preds)
+
+
+def run_family(
+    name: str, images: np.ndarray, labels: np.ndarray, model: torch.nn.Module
+) -> dict[str, float]:
+    make = FAMILIES[name]
+    ours = np.zeros((len(images), 28, 28), dtype=np.uint8)
+    base = np.zeros_like(ours)
+    ours_s, base_s, rejected = [], [], 0
+    family_seed = list(FAMILIES).index(name)
+    for i, digit in enumerate(images):
+        data = make(digit, np.random.default_rng([SEED, family_seed, i]))
+        t0 = time.perf_counter()
+        try:
+            ours[i] = preprocess_upload(data, MAX_PIXELS)
+        except InputError:
+            rejected += 1  # counts as wrong: the image holds a digit
+            ours[i] = 0
+        t1 = time.perf_counter()
+        base[i] = naive(data)
+        t2 = time.perf_counter()
+        ours_s.append(t1 - t0)
+        base_s.append(t2 - t1)
+    ok = predict(model, ours) == labels
+    if rejected:
+        ok &= ours.reshape(len(ours), -1).any(1)
+    return {
+        "n": len(images),
+        "ours": float(ok.mean()),
+        "naive": float((predict(model, base) == labels).mean()),
+        "rejected": rejected,
+        "ms_mean": 1000 * float(np.mean(ours_s)),
+        "ms_p95": 1000 * float(np.percentile(ours_s, 95)),
+        "naive_ms": 1000 * float(np.mean(base_s)),
+    }
+
+
+def table(results: dict[str, dict[str, float]]) -> str:
+    lines = [
+        "| family | images | preprocess_upload acc | naive acc | ratio | rejected "
+        "| ms/img mean | ms/img p95 | naive ms/img |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in results.items():
+        ratio = r["ours"] / r["naive"] if r["naive"] else float("inf")
+        lines.append(
+            f"| {name} | {r['n']} | {r['ours']:.4f} | {r['naive']:.4f} | {ratio:.2f}x "
+            f"| {r['rejected']} | {r['ms_mean']:.2f} | {r['ms_p95']:.2f} | {r['naive_ms']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--weights", type=Path, default=REPO / "weights" / "cnn.pt")
+    p.add_argument("--data-dir", type=Path, default=None, help="MNIST folder")
+    p.add_argument("--limit", type=int, default=None, help="images per family (default all)")
+    p.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
+    p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "upload_accuracy.md")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(1)  # time the preprocessing as one server worker would see it
+    data_dir = args.data_dir or Path(
+        os.environ.get("MNIST_DATA_DIR", REPO.parent / "shared" / "datasets" / "mnist")
+    )
+    images, labels = load_split(data_dir, "test")
+    if args.limit:
+        images, labels = images[: args.limit], labels[: args.limit]
+    model, meta = load_weights(args.weights)
+    results = {}
+    for name in args.families:
+        results[name] = run_family(name, images, labels, model)
+        print(f"{name}: {results[name]}", file=sys.stderr, flush=True)
+    text = table(results)
+    print(text)
+    command = "python bench/upload_accuracy.py " + " ".join(sys.argv[1:])
+    header = (
+        "# Upload accuracy: preprocess_upload vs a naive resize\n\n"
+        f"- command: `{command.strip()}`\n"
+        f"- date: {dt.datetime.now().isoformat(timespec='seconds')}\n"
+        f"- machine: {machine()}; preprocessing timed on 1 thread\n"
+        f"- weights: `{args.weights}` ({meta.get('architecture', {}).get('name', '?')})\n"
+        f"- images: the first {len(images)} MNIST test images per family, deterministic "
+        f"(seed {SEED})\n\n"
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(header + text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
