@@ -66,6 +66,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "rnn 3e-3, fast 1e-2)",
     )
     p.add_argument("--no-augment", action="store_true", help="turn off the random affine")
+    p.add_argument(
+        "--width",
+        type=int,
+        default=None,
+        help="channels of the first conv stage of cnn/fast (default: 32)",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument(
         "--device",
@@ -140,6 +146,7 @@ def resolve_recipe(args: argparse.Namespace) -> Recipe:
         "batch_size": args.batch_size,
         "lr": args.lr,
         "augment": False if args.no_augment else None,
+        "model_kwargs": {**recipe.model_kwargs, "width": args.width} if args.width else None,
     }
     return replace(recipe, **{k: v for k, v in overrides.items() if v is not None})
 
