@@ -50,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--epochs",
         type=int,
         default=None,
-        help="epochs (default: the recipe's: cnn 30, mlp 30, rnn 20, fast 2)",
+        help="epochs (default: the recipe's: cnn 50, mlp 30, rnn 20, fast 2)",
     )
     p.add_argument(
         "--batch-size",
