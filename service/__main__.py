@@ -1,0 +1,49 @@
+"""`python -m service`: check the weights, then serve with uvicorn.
+
+Options default to the MNIST_* environment settings (see service/config.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import uvicorn
+
+from service.config import get_settings
+from service.predictor import discover
+from training.checkpoint import WeightsError, load_weights
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = get_settings()
+    parser = argparse.ArgumentParser(prog="python -m service", description=__doc__,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--host", default=settings.host, help="interface to bind (MNIST_HOST)")
+    parser.add_argument("--port", type=int, default=settings.port, help="port (MNIST_PORT)")
+    parser.add_argument("--workers", type=int, default=settings.workers,
+                        help="uvicorn worker processes, each with its own model (MNIST_WORKERS)")
+    parser.add_argument("--log-level", default=settings.log_level, help="MNIST_LOG_LEVEL")
+    args = parser.parse_args(argv)
+
+    # Fail fast with one clear line rather than a traceback from every worker.
+    try:
+        for path in discover(settings.weights_dir, settings.models):
+            load_weights(path)
+    except WeightsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+    if args.workers > 1 and not settings.torch_threads:
+        # Workers each run their own torch thread pool: share the cores instead of
+        # oversubscribing them (threads per worker x workers <= cores).
+        threads = max(1, (os.cpu_count() or 1) // args.workers)
+        os.environ["MNIST_TORCH_THREADS"] = str(threads)
+    uvicorn.run("service.app:app", host=args.host, port=args.port, workers=args.workers,
+                log_level=args.log_level, timeout_graceful_shutdown=30)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

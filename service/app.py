@@ -1,0 +1,65 @@
+"""The FastAPI application, built in one place: `uvicorn service.app:app`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import torch
+from fastapi import FastAPI
+from PIL import Image
+
+from service import errors, routes
+from service.config import Settings, get_settings
+from service.deps import Registry
+from service.predictor import load_all
+from training.checkpoint import WeightsError
+
+log = logging.getLogger("service")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Loaded here, once per worker process, never at import time.
+        logging.basicConfig(
+            level=settings.log_level.upper(),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        if settings.torch_threads:
+            torch.set_num_threads(settings.torch_threads)
+        # Pillow's own bomb guard, in line with ours (it errors at twice its limit).
+        Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
+        registry: Registry = app.state.registry
+        try:
+            registry.predictors = load_all(
+                settings.weights_dir, settings.models, settings.model, settings.device
+            )
+        except (WeightsError, ValueError) as exc:
+            log.error("cannot start: %s", exc)
+            raise RuntimeError(f"cannot start: {exc}") from None
+        registry.default = settings.model
+        registry.ready = True
+        yield
+        registry.ready = False
+
+    app = FastAPI(
+        title="MNIST digit recognition",
+        version="0.1.0",
+        description="Handwritten digit recognition: PNG/JPEG uploads or 28x28 pixel arrays in, "
+        "digit and probabilities out.",
+        lifespan=lifespan,
+    )
+    app.state.registry = Registry()
+    app.state.settings = settings
+    app.dependency_overrides[get_settings] = lambda: settings
+    errors.install(app)
+    app.include_router(routes.router)
+    app.add_middleware(errors.BodySizeLimit, max_bytes=settings.max_request_bytes)
+    return app
+
+
+app = create_app()

@@ -1,0 +1,49 @@
+"""Settings, all from the environment with the prefix MNIST_ (e.g. MNIST_DEVICE=cpu)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+REPO_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MNIST_", extra="ignore")
+
+    weights_dir: Path = Field(REPO_WEIGHTS, description="folder of <name>.pt + <name>.json")
+    model: str = Field("cnn", description="default model for the plain REST endpoints")
+    models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="comma-separated models to load (default: every .pt in weights_dir)",
+    )
+    device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
+    torch_threads: int = Field(0, ge=0, description="CPU threads per worker (0: torch's default)")
+
+    max_upload_bytes: int = Field(5 * 1024 * 1024, ge=1, description="bytes per image file")
+    max_request_bytes: int = Field(
+        64 * 1024 * 1024, ge=1, description="bytes per request body (batches included)"
+    )
+    max_image_pixels: int = Field(40_000_000, ge=1, description="width x height limit")
+    max_batch_size: int = Field(256, ge=1, description="images per batch request")
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = Field(1, ge=1)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,43 @@
+"""What handlers depend on: the settings and the loaded models, as Annotated aliases."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from fastapi import Depends, Query, Request
+
+from service.config import Settings, get_settings
+from service.predictor import Predictor
+from service.preprocess import InputError
+
+
+@dataclass
+class Registry:
+    """The models this process serves; filled once by the lifespan."""
+
+    predictors: dict[str, Predictor] = field(default_factory=dict)
+    default: str | None = None
+    ready: bool = False
+
+    def get(self, name: str | None) -> Predictor:
+        if not self.ready:
+            raise InputError("the model is not loaded yet", status_code=503)
+        key = name or self.default
+        if key not in self.predictors:
+            raise InputError(
+                f"unknown model {key!r}; loaded: {', '.join(sorted(self.predictors))}",
+                status_code=404,
+            )
+        return self.predictors[key]
+
+
+def get_registry(request: Request) -> Registry:
+    return request.app.state.registry
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+RegistryDep = Annotated[Registry, Depends(get_registry)]
+ModelName = Annotated[
+    str | None, Query(description="which loaded model answers (default: the service's default)")
+]

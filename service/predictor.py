@@ -1,0 +1,100 @@
+"""The loaded models: verified, on the best device, warmed up, and run under inference_mode."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from service.preprocess import to_model_input
+from training.checkpoint import WeightsError, load_weights
+from training.device import device_name, select_device
+
+log = logging.getLogger("service")
+
+
+@dataclass
+class Predictor:
+    """One model on one device. `predict` takes (N, 28, 28) grey levels, MNIST polarity."""
+
+    name: str
+    model: torch.nn.Module
+    metadata: dict
+    device: torch.device
+    weights_path: Path
+    loaded_at: float = field(default_factory=time.time)
+
+    @classmethod
+    def load(cls, weights_path: Path, device: torch.device) -> Predictor:
+        model, metadata = load_weights(weights_path, device)
+        predictor = cls(weights_path.stem, model, metadata, device, weights_path)
+        predictor.predict(np.zeros((1, 28, 28), dtype=np.float32))  # warm-up: first call is slow
+        return predictor
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """Class probabilities, shape (N, 10), float64 rows summing to 1."""
+        batch = to_model_input(images).to(self.device, non_blocking=True)
+        with torch.inference_mode():
+            logits = self.model(batch)
+        # float64 softmax on the CPU: the ten numbers returned sum to 1 to the last digit.
+        return torch.softmax(logits.double().cpu(), dim=1).numpy()
+
+    def info(self) -> dict:
+        meta = self.metadata
+        return {
+            "name": self.name,
+            "architecture": meta["architecture"]["name"],
+            "parameters": meta.get("parameters"),
+            "input": {
+                "shape": [1, 28, 28],
+                "pixels": "grey levels 0-255, 0 = background, 255 = ink (MNIST polarity)",
+                "normalization": meta.get("input", {}).get("normalization"),
+            },
+            "classes": meta.get("classes", list(range(10))),
+            "weights_file": self.weights_path.name,
+            "sha256": meta["sha256"],
+            "test_accuracy": meta.get("test", {}).get("accuracy"),
+            "val_accuracy": meta.get("val", {}).get("accuracy"),
+            "trained_at": meta.get("date"),
+            "trained_on": meta.get("device"),
+            "device": self.device.type,
+            "device_name": device_name(self.device),
+            "dtype": str(next(self.model.parameters()).dtype).removeprefix("torch."),
+            "torch_version": torch.__version__,
+        }
+
+
+def discover(weights_dir: Path, names: list[str]) -> list[Path]:
+    """The .pt files to load: the named ones, or every .pt with a .json beside it."""
+    if names:
+        return [weights_dir / f"{name}.pt" for name in names]
+    found = sorted(p for p in weights_dir.glob("*.pt") if p.with_suffix(".json").is_file())
+    if not found:
+        raise WeightsError(f"{weights_dir}: no weights found (<name>.pt with <name>.json)")
+    return found
+
+
+def load_all(
+    weights_dir: Path, names: list[str], default: str, device_arg: str
+) -> dict[str, Predictor]:
+    device = select_device(device_arg)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    predictors = {}
+    for path in discover(weights_dir, names):
+        predictors[path.stem] = Predictor.load(path, device)
+        log.info(
+            "loaded %s (%s) on %s",
+            path.name,
+            predictors[path.stem].metadata["sha256"][:12],
+            device_name(device),
+        )
+    if default not in predictors:
+        raise WeightsError(
+            f"default model {default!r} is not among the loaded ones: {', '.join(predictors)}"
+        )
+    return predictors

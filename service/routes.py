@@ -1,0 +1,280 @@
+"""The REST endpoints: predict, batch-predict, health and model info."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from functools import partial
+from typing import TypeVar
+
+import numpy as np
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from service.deps import ModelName, Registry, RegistryDep, SettingsDep
+from service.predictor import Predictor
+from service.preprocess import InputError, pixels_to_array, preprocess_upload
+from service.schemas import (
+    BatchPixelsRequest,
+    BatchPrediction,
+    ErrorResponse,
+    Health,
+    ModelInfo,
+    ModelList,
+    PixelsRequest,
+    Prediction,
+)
+
+router = APIRouter()
+M = TypeVar("M", bound=BaseModel)
+
+ERRORS = {
+    status: {"model": ErrorResponse, "description": text}
+    for status, text in {
+        400: "malformed body (invalid JSON or multipart)",
+        404: "unknown model",
+        413: "body, file or image over the configured limits",
+        415: "unsupported content type",
+        422: "not a usable image or pixel array (e.g. no digit found)",
+        503: "the model is not loaded yet",
+    }.items()
+}
+
+
+def _body(file_field: str, json_model: type[BaseModel], many: bool) -> dict:
+    """OpenAPI requestBody documenting both accepted bodies (the handler parses them itself)."""
+    file_schema = {
+        "type": "string",
+        "format": "binary",
+        "description": "an image: PNG, JPEG, BMP, GIF, WebP or TIFF",
+    }
+    if many:
+        file_schema = {"type": "array", "items": file_schema}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": [file_field],
+                        "properties": {file_field: file_schema},
+                    }
+                },
+                "application/json": {"schema": json_model.model_json_schema()},
+            },
+        }
+    }
+
+
+def _content_kind(request: Request) -> str:
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == "multipart/form-data":
+        return "multipart"
+    if ctype == "application/json":
+        return "json"
+    raise InputError(
+        f"unsupported content type {ctype or '(none)'!r}: send multipart/form-data with the "
+        "image file, or application/json with pixel arrays",
+        status_code=415,
+    )
+
+
+async def _json_body(request: Request, model: type[M]) -> M:
+    raw = await request.body()
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"invalid JSON: {exc}", status_code=400) from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        detail = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()
+        )
+        raise InputError(f"invalid request body: {detail}", status_code=422) from None
+
+
+async def _uploads(request: Request, field: str, settings: SettingsDep) -> list[bytes]:
+    form = await request.form(max_files=settings.max_batch_size + 1, max_fields=100)
+    try:
+        items = form.getlist(field)
+        if not items:
+            raise InputError(f"missing form field {field!r}: send the image file in it")
+        if not all(isinstance(item, UploadFile) for item in items):
+            raise InputError(f"form field {field!r} must be a file upload, not text")
+        data = []
+        for item in items:
+            content = await item.read(settings.max_upload_bytes + 1)
+            if len(content) > settings.max_upload_bytes:
+                raise InputError(
+                    f"file {item.filename!r} exceeds the limit of {settings.max_upload_bytes} "
+                    "bytes",
+                    status_code=413,
+                )
+            data.append(content)
+        return data
+    finally:
+        await form.close()
+
+
+def _run(
+    predictor: Predictor, jobs: list[Callable[[], np.ndarray]], batch: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Preprocess every input, then one forward pass for all: singles take this path too."""
+    images = []
+    for index, job in enumerate(jobs):
+        try:
+            images.append(job())
+        except InputError as exc:
+            if batch:
+                exc.message = f"image {index}: {exc.message}"
+                exc.index = index  # type: ignore[attr-defined]
+            raise
+    stacked = np.stack(images).astype(np.float32, copy=False)
+    return stacked, predictor.predict(stacked)
+
+
+def _prediction(probs: np.ndarray, model: str, image: np.ndarray | None) -> Prediction:
+    digit = int(probs.argmax())
+    return Prediction(
+        digit=digit,
+        confidence=float(probs[digit]),
+        probabilities=probs.tolist(),
+        model=model,
+        image=None if image is None else np.rint(image).astype(int).tolist(),
+    )
+
+
+@router.post(
+    "/predict",
+    response_model=Prediction,
+    responses=ERRORS,
+    openapi_extra=_body("file", PixelsRequest, many=False),
+    summary="Recognise one digit",
+    description="One image as multipart/form-data in the field `file` (any size, dark ink on "
+    "light paper or light on dark, transparent canvases too: it is cropped, scaled and centred "
+    'as MNIST was), or JSON `{"pixels": ...}` already in MNIST form (28x28 or 784 grey '
+    "levels 0-255, 0 = background).",
+)
+async def predict(
+    request: Request,
+    registry: RegistryDep,
+    settings: SettingsDep,
+    model: ModelName = None,
+    include_image: bool = False,
+) -> Prediction:
+    predictor = registry.get(model)
+    if _content_kind(request) == "multipart":
+        files = await _uploads(request, "file", settings)
+        if len(files) != 1:
+            raise InputError(
+                f"send one file in 'file' (got {len(files)}); use /predict/batch for several"
+            )
+        job = partial(preprocess_upload, files[0], settings.max_image_pixels)
+    else:
+        body = await _json_body(request, PixelsRequest)
+        job = partial(pixels_to_array, body.pixels, body.normalize)
+    images, probs = await run_in_threadpool(_run, predictor, [job], False)
+    return _prediction(probs[0], predictor.name, images[0] if include_image else None)
+
+
+@router.post(
+    "/predict/batch",
+    response_model=BatchPrediction,
+    responses=ERRORS,
+    openapi_extra=_body("files", BatchPixelsRequest, many=True),
+    summary="Recognise several digits in one request",
+    description='Multipart with the field `files` repeated, or JSON `{"images": [pixels, '
+    "...]}`. One answer per input, in input order. A bad input fails the request with the "
+    "index of the image that was wrong.",
+)
+async def predict_batch(
+    request: Request,
+    registry: RegistryDep,
+    settings: SettingsDep,
+    model: ModelName = None,
+    include_image: bool = False,
+) -> BatchPrediction:
+    predictor = registry.get(model)
+    if _content_kind(request) == "multipart":
+        files = await _uploads(request, "files", settings)
+        jobs = [partial(preprocess_upload, f, settings.max_image_pixels) for f in files]
+    else:
+        body = await _json_body(request, BatchPixelsRequest)
+        jobs = [partial(pixels_to_array, p, body.normalize) for p in body.images]
+    if not jobs:
+        raise InputError("empty batch: send at least one image")
+    if len(jobs) > settings.max_batch_size:
+        raise InputError(
+            f"batch of {len(jobs)} images exceeds the limit of {settings.max_batch_size}",
+            status_code=413,
+        )
+    images, probs = await run_in_threadpool(_run, predictor, jobs, True)
+    return BatchPrediction(
+        predictions=[
+            _prediction(p, predictor.name, img if include_image else None)
+            for p, img in zip(probs, images, strict=True)
+        ]
+    )
+
+
+def _health(registry: Registry) -> JSONResponse:
+    if not registry.ready:
+        return JSONResponse({"status": "starting"}, status_code=503)
+    default = registry.predictors[registry.default]
+    return JSONResponse(
+        Health(
+            status="ok",
+            models=sorted(registry.predictors),
+            default_model=registry.default,
+            device=default.device.type,
+        ).model_dump()
+    )
+
+
+@router.get(
+    "/health",
+    response_model=Health,
+    responses={503: {"description": "not ready"}},
+    summary="Ready to answer (model loaded and warmed up)",
+)
+def health(registry: RegistryDep) -> JSONResponse:
+    return _health(registry)
+
+
+@router.get(
+    "/health/ready",
+    response_model=Health,
+    responses={503: {"description": "not ready"}},
+    summary="Readiness probe",
+)
+def health_ready(registry: RegistryDep) -> JSONResponse:
+    return _health(registry)
+
+
+@router.get("/health/live", summary="Liveness probe: the process answers")
+def health_live() -> dict:
+    return {"status": "ok"}
+
+
+@router.get(
+    "/model",
+    response_model=ModelInfo,
+    responses=ERRORS,
+    summary="The default model (or ?model=NAME): architecture, figures, device",
+)
+def model_info(registry: RegistryDep, model: ModelName = None) -> dict:
+    return registry.get(model).info()
+
+
+@router.get("/models", response_model=ModelList, summary="Every loaded model")
+def models(registry: RegistryDep) -> dict:
+    registry.get(None)  # 503 until loaded
+    return {
+        "default": registry.default,
+        "models": [p.info() for _, p in sorted(registry.predictors.items())],
+    }

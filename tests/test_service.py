@@ -1,0 +1,316 @@
+"""The real app with the shipped weights, driven over ASGI by httpx with real image bytes."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import AsyncIterator
+
+import httpx
+import numpy as np
+import pytest
+from asgi_lifespan import LifespanManager
+from PIL import Image
+
+from service.app import create_app
+from service.config import Settings
+from tests.conftest import WEIGHTS_DIR
+from tests.uploads import canvas, encode, paper
+from training.checkpoint import load_weights
+from training.models import normalize
+
+pytestmark = pytest.mark.anyio
+
+SMALL_LIMITS = dict(
+    max_request_bytes=1_000_000,
+    max_upload_bytes=400_000,
+    max_batch_size=4,
+    max_image_pixels=1_000_000,
+)
+
+
+@pytest.fixture(scope="module")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="module")
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(Settings(weights_dir=WEIGHTS_DIR, device="cpu", **SMALL_LIMITS))
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            yield c
+
+
+def png_header_bomb(width: int, height: int) -> bytes:
+    """A PNG whose header claims a huge image, with a tiny (invalid) body."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
+
+
+def assert_prediction(body: dict) -> None:
+    assert set(body) >= {"digit", "confidence", "probabilities", "model"}
+    assert 0 <= body["digit"] <= 9
+    assert len(body["probabilities"]) == 10
+    assert sum(body["probabilities"]) == pytest.approx(1.0, abs=1e-9)
+    assert body["confidence"] == max(body["probabilities"])
+    assert body["probabilities"][body["digit"]] == body["confidence"]
+
+
+async def test_health_endpoints(client: httpx.AsyncClient) -> None:
+    for path in ("/health", "/health/ready"):
+        r = await client.get(path)
+        assert r.status_code == 200
+        assert r.json()["status"] == "ok"
+        assert r.json()["default_model"] == "cnn"
+    assert (await client.get("/health/live")).json() == {"status": "ok"}
+
+
+async def test_not_ready_before_startup() -> None:
+    app = create_app(Settings(weights_dir=WEIGHTS_DIR, device="cpu"))  # lifespan not run
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+        assert (await c.get("/health")).status_code == 503
+        assert (await c.get("/health/ready")).status_code == 503
+        assert (await c.get("/health/live")).status_code == 200
+        r = await c.post("/predict", json={"pixels": [0] * 784})
+        assert r.status_code == 503 and "not loaded" in r.json()["error"]
+
+
+@pytest.mark.parametrize("shape", ["grid", "flat"])
+async def test_json_pixels(client: httpx.AsyncClient, mnist_test, shape: str) -> None:
+    images, labels = mnist_test
+    for i in range(5):
+        pixels = images[i].tolist() if shape == "grid" else images[i].ravel().tolist()
+        r = await client.post("/predict", json={"pixels": pixels})
+        assert r.status_code == 200, r.text
+        assert_prediction(r.json())
+        assert r.json()["digit"] == labels[i]
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF"])
+async def test_upload_formats(client: httpx.AsyncClient, mnist_test, fmt: str) -> None:
+    images, labels = mnist_test
+    rng = np.random.default_rng(1)
+    for i in range(3):
+        data = encode(paper(images[i], rng, size=120), fmt)
+        r = await client.post("/predict", files={"file": (f"d.{fmt.lower()}", data)})
+        assert r.status_code == 200, r.text
+        assert_prediction(r.json())
+        assert r.json()["digit"] == labels[i]
+
+
+async def test_pixel_arrays_reproduce_the_model_exactly(client: httpx.AsyncClient, mnist_test):
+    """Pixel arrays go to the model as they are: same answers as the model on the test set."""
+    images, _ = mnist_test
+    model, _ = load_weights(WEIGHTS_DIR / "cnn.pt")
+    import torch
+
+    with torch.inference_mode():
+        direct = torch.softmax(model(normalize(torch.from_numpy(images[:4]).unsqueeze(1))), 1)
+    r = await client.post("/predict/batch", json={"images": [im.tolist() for im in images[:4]]})
+    assert r.status_code == 200
+    served = np.array([p["probabilities"] for p in r.json()["predictions"]])
+    np.testing.assert_allclose(served, direct.double().numpy(), atol=1e-5)
+
+
+async def test_batch_keeps_input_order(client: httpx.AsyncClient, mnist_test) -> None:
+    images, labels = mnist_test
+    rng = np.random.default_rng(2)
+    files = [("files", (f"{i}.png", encode(paper(images[i], rng)), "image/png")) for i in range(4)]
+    r = await client.post("/predict/batch", files=files)
+    assert r.status_code == 200, r.text
+    assert [p["digit"] for p in r.json()["predictions"]] == labels[:4].tolist()
+
+
+async def test_model_choice_and_info(client: httpx.AsyncClient, mnist_test) -> None:
+    images, labels = mnist_test
+    for name in ("cnn", "mlp", "rnn"):
+        r = await client.post(f"/predict?model={name}", json={"pixels": images[0].tolist()})
+        assert r.status_code == 200 and r.json()["model"] == name
+        assert r.json()["digit"] == labels[0]
+    info = (await client.get("/model")).json()
+    assert info["name"] == "cnn" and info["device"] == "cpu" and info["test_accuracy"] > 0.996
+    assert len(info["sha256"]) == 64 and info["parameters"] > 100_000
+    listed = (await client.get("/models")).json()
+    assert listed["default"] == "cnn"
+    assert [m["name"] for m in listed["models"]] == ["cnn", "mlp", "rnn"]
+
+
+async def test_include_image_returns_what_the_model_saw(client: httpx.AsyncClient, mnist_test):
+    images, _ = mnist_test
+    data = encode(paper(images[0], np.random.default_rng(3)))
+    r = await client.post("/predict?include_image=true", files={"file": ("d.png", data)})
+    seen = np.array(r.json()["image"])
+    assert seen.shape == (28, 28) and seen.max() > 200 and seen[0].max() < 50
+
+
+def _nan_body() -> bytes:
+    return b'{"pixels": [' + b",".join([b"NaN"] + [b"0"] * 783) + b"]}"
+
+
+BAD_REQUESTS = [
+    # (id, request kwargs, status, message fragment)
+    (
+        "not-an-image",
+        {"files": {"file": ("x.png", b"hello, not an image")}},
+        422,
+        "not a readable image",
+    ),
+    ("empty-file", {"files": {"file": ("x.png", b"")}}, 422, "empty"),
+    (
+        "truncated-png",
+        {"files": {"file": ("x.png", encode(Image.new("L", (200, 200), 9))[:60])}},
+        422,
+        "image",
+    ),
+    (
+        "bomb-header",
+        {"files": {"file": ("x.png", png_header_bomb(100_000, 100_000))}},
+        413,
+        "too large",
+    ),
+    ("too-many-bytes", {"files": {"file": ("x.bin", b"\0" * 1_100_000)}}, 413, "limit"),
+    ("file-over-limit", {"files": {"file": ("x.bin", b"\0" * 500_000)}}, 413, "limit"),
+    (
+        "wrong-content-type",
+        {"content": b"abc", "headers": {"content-type": "text/plain"}},
+        415,
+        "content type",
+    ),
+    ("no-content-type", {"content": b"abc"}, 415, "content type"),
+    ("missing-field", {"files": {"image": ("x.png", b"abc")}}, 422, "missing form field 'file'"),
+    (
+        "text-not-file",
+        {"data": {"file": "abc"}, "files": {"other": ("x", b"1")}},
+        422,
+        "file upload",
+    ),
+    (
+        "invalid-json",
+        {"content": b"{nope", "headers": {"content-type": "application/json"}},
+        400,
+        "invalid JSON",
+    ),
+    ("no-pixels", {"json": {"pixel": []}}, 422, "pixels"),
+    ("short", {"json": {"pixels": [0] * 783}}, 422, "784"),
+    ("ragged", {"json": {"pixels": [[0] * 28] * 27 + [[0] * 27]}}, 422, "row"),
+    (
+        "nan",
+        {"content": _nan_body(), "headers": {"content-type": "application/json"}},
+        422,
+        "finite",
+    ),
+    ("strings", {"json": {"pixels": ["a"] * 784}}, 422, "numbers"),
+    ("too-bright", {"json": {"pixels": [256] * 784}}, 422, "0-255"),
+    ("negative", {"json": {"pixels": [-1] * 784}}, 422, "0-255"),
+    (
+        "blank-canvas",
+        {"files": {"file": ("x.png", encode(Image.new("RGBA", (300, 300))))}},
+        422,
+        "no digit found",
+    ),
+    (
+        "white-page",
+        {"files": {"file": ("x.png", encode(Image.new("L", (300, 300), 255)))}},
+        422,
+        "no digit found",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("request_kwargs", "status", "fragment"),
+    [b[1:] for b in BAD_REQUESTS],
+    ids=[b[0] for b in BAD_REQUESTS],
+)
+async def test_bad_input_gets_a_clear_4xx(
+    client: httpx.AsyncClient, request_kwargs: dict, status: int, fragment: str
+) -> None:
+    r = await client.post("/predict", **request_kwargs)
+    assert r.status_code == status, r.text
+    assert fragment.lower() in r.json()["error"].lower()
+    # ... and the server still answers correctly afterwards.
+    ok = await client.post("/predict", json={"pixels": [0] * 784})
+    assert ok.status_code == 200
+
+
+async def test_chunked_body_over_limit_is_cut_off(client: httpx.AsyncClient) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(150):
+            yield b"\0" * 10_000
+
+    r = await client.post(
+        "/predict", content=chunks(), headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 413
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "fragment", "index"),
+    [
+        ({"images": []}, 422, "empty batch", None),
+        ({"images": [[0] * 784] * 5}, 413, "limit of 4", None),
+        ({"images": [[0] * 784, [0] * 10, [0] * 784]}, 422, "image 1", 1),
+    ],
+    ids=["empty", "over-limit", "bad-item"],
+)
+async def test_bad_batches(
+    client: httpx.AsyncClient, body: dict, status: int, fragment: str, index: int | None
+) -> None:
+    r = await client.post("/predict/batch", json=body)
+    assert r.status_code == status
+    assert fragment in r.json()["error"]
+    assert r.json().get("index") == index
+
+
+async def test_bad_file_inside_a_batch_names_its_index(client: httpx.AsyncClient, mnist_test):
+    images, _ = mnist_test
+    good = encode(paper(images[0], np.random.default_rng(4)))
+    files = [("files", ("a.png", good)), ("files", ("b.png", good)), ("files", ("c.png", b"??"))]
+    r = await client.post("/predict/batch", files=files)
+    assert r.status_code == 422 and r.json()["index"] == 2
+
+
+async def test_unknown_model_is_404(client: httpx.AsyncClient) -> None:
+    r = await client.post("/predict?model=resnet", json={"pixels": [0] * 784})
+    assert r.status_code == 404 and "resnet" in r.json()["error"]
+
+
+async def test_openapi_documents_both_bodies_with_examples(client: httpx.AsyncClient) -> None:
+    spec = (await client.get("/openapi.json")).json()
+    for path, field in (("/predict", "file"), ("/predict/batch", "files")):
+        content = spec["paths"][path]["post"]["requestBody"]["content"]
+        assert field in content["multipart/form-data"]["schema"]["properties"]
+        assert "examples" in content["application/json"]["schema"]
+    assert (await client.get("/docs")).status_code == 200
+
+
+async def test_accuracy_on_realistic_uploads(client: httpx.AsyncClient, mnist_test) -> None:
+    """A few hundred MNIST test digits as paper photos and canvas exports, through the API."""
+    images, labels = mnist_test
+    rng = np.random.default_rng(5)
+    picks = rng.choice(len(images), 200, replace=False)
+    correct = 0
+    for n, i in enumerate(picks):
+        img = paper(images[i], rng) if n % 2 else canvas(images[i], rng)
+        data = encode(img, "JPEG" if n % 4 == 1 else "PNG")
+        r = await client.post("/predict", files={"file": ("d", data)})
+        assert r.status_code == 200, r.text
+        correct += r.json()["digit"] == labels[i]
+    assert correct / len(picks) >= 0.97

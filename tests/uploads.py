@@ -1,0 +1,42 @@
+"""Realistic uploads made from real MNIST test digits with Pillow (shared by several tests)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+
+def encode(img: Image.Image, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt)
+    return buf.getvalue()
+
+
+def paper(digit: np.ndarray, rng: np.random.Generator, size: int | None = None) -> Image.Image:
+    """Dark ink on light noisy paper, scaled up and placed off-centre on a larger sheet."""
+    side = size or int(rng.integers(60, 300))
+    ink = Image.fromarray(255 - digit).resize((side, side), Image.Resampling.BICUBIC)
+    sheet_w, sheet_h = side + int(rng.integers(20, 200)), side + int(rng.integers(20, 200))
+    background = int(rng.integers(190, 250))
+    sheet = np.full((sheet_h, sheet_w), background, dtype=np.float32)
+    sheet += rng.normal(0, 4, sheet.shape)
+    x, y = int(rng.integers(0, sheet_w - side)), int(rng.integers(0, sheet_h - side))
+    region = sheet[y : y + side, x : x + side]
+    darkness = (255 - np.asarray(ink, dtype=np.float32)) / 255
+    sheet[y : y + side, x : x + side] = region * (1 - darkness) + 30 * darkness
+    return Image.fromarray(np.clip(sheet, 0, 255).astype(np.uint8)).convert("RGB")
+
+
+def canvas(digit: np.ndarray, rng: np.random.Generator) -> Image.Image:
+    """A drawing-canvas export: coloured ink, fully transparent background (RGBA)."""
+    side = int(rng.integers(100, 400))
+    alpha = Image.fromarray(digit).resize((side, side), Image.Resampling.BICUBIC)
+    alpha = alpha.filter(ImageFilter.MaxFilter(3))  # canvas brushes draw thick strokes
+    colour = tuple(int(c) for c in rng.integers(0, 120, 3))
+    rgba = Image.new("RGBA", (side + 80, side + 80), (255, 255, 255, 0))
+    ink = Image.new("RGBA", (side, side), (*colour, 255))
+    ink.putalpha(alpha)
+    rgba.paste(ink, (int(rng.integers(0, 80)), int(rng.integers(0, 80))), ink)
+    return rgba
