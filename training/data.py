@@ -141,6 +141,7 @@ def missing_files_message(data_dir: Path) -> str:
 
 def load_split(data_dir: Path, split: str, verify: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Images (N, 28, 28) uint8 and labels (N,) uint8 of `train` or `test` (alias `t10k`)."""
+    data_dir = Path(data_dir)
     prefix = "train" if split == "train" else "t10k"
     arrays = []
     for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"):

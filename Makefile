@@ -1,0 +1,26 @@
+# Two commands on a fresh clone: `make serve` and `make test`. Both create .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# The PyTorch build to install (override, e.g. TORCH="torch torchvision" for the newest).
+TORCH ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: serve test lint install
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet $(TORCH)
+	$(PY) -m pip install --quiet -e '.[dev,download]'
+	touch $@
+
+install: $(VENV)/.installed
+
+serve: $(VENV)/.installed  ## serve weights/ on http://127.0.0.1:8000
+	$(PY) -m service
+
+test: $(VENV)/.installed  ## lint, then the whole suite, slow checks included
+	$(PY) -m ruff check .
+	$(PY) -m pytest
+
+lint: $(VENV)/.installed
+	$(PY) -m ruff check . && $(PY) -m ruff format --check .

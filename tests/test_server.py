@@ -1,0 +1,137 @@
+"""A real `python -m service` process on 127.0.0.1, called over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.conftest import REPO_ROOT, WEIGHTS_DIR
+from tests.uploads import encode, paper
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(env: dict[str, str], *args: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port), *args],
+        cwd=REPO_ROOT,
+        env={**os.environ, "MNIST_DEVICE": "cpu", **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def wait_ready(proc: subprocess.Popen, base: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited early: {proc.stdout.read()}")
+        try:
+            if httpx.get(f"{base}/health/ready", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("server not ready in time")
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[str]:
+    proc, base = start({})
+    try:
+        wait_ready(proc, base)
+        yield base
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+        # Graceful: uvicorn finishes, then re-raises SIGTERM so the exit status reports it.
+        assert proc.returncode in (0, -signal.SIGTERM)
+        assert "Finished server process" in out
+
+
+def test_predicts_an_uploaded_photo_over_http(server: str, mnist_test) -> None:
+    images, labels = mnist_test
+    rng = np.random.default_rng(0)
+    with httpx.Client(base_url=server) as client:
+        for i in range(5):
+            data = encode(paper(images[i], rng), "JPEG")
+            r = client.post("/predict", files={"file": ("photo.jpg", data, "image/jpeg")})
+            assert r.status_code == 200, r.text
+            assert r.json()["digit"] == labels[i]
+        r = client.post("/predict", files={"file": ("x.png", b"garbage")})
+        assert r.status_code == 422 and "error" in r.json()
+        assert client.get("/model").json()["device"] == "cpu"
+
+
+def test_two_workers_serve(mnist_test) -> None:
+    images, labels = mnist_test
+    proc, base = start({}, "--workers", "2")
+    try:
+        wait_ready(proc, base, timeout=90)
+        with httpx.Client(base_url=base) as client:
+            for i in range(6):
+                r = client.post("/predict", json={"pixels": images[i].tolist()})
+                assert r.json()["digit"] == labels[i]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+@pytest.mark.parametrize(
+    ("damage", "fragment"),
+    [
+        ("delete-pt", "cnn.pt: weights file not found"),
+        ("tamper-pt", "does not match the metadata"),
+        ("delete-json", "cnn.json: metadata file missing"),
+        ("bad-json", "cnn.json: unreadable metadata"),
+    ],
+)
+def test_bad_weights_fail_start_with_one_clear_line(
+    tmp_path: Path, damage: str, fragment: str
+) -> None:
+    weights = tmp_path / "weights"
+    shutil.copytree(WEIGHTS_DIR, weights)
+    pt, meta = weights / "cnn.pt", weights / "cnn.json"
+    if damage == "delete-pt":
+        pt.unlink()
+    elif damage == "tamper-pt":
+        pt.write_bytes(pt.read_bytes()[:-10] + b"0123456789")
+    elif damage == "delete-json":
+        meta.unlink()
+    else:
+        meta.write_text("{not json")
+    proc, _ = start({"MNIST_WEIGHTS_DIR": str(weights), "MNIST_MODELS": "cnn"})
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert len(lines) == 1, out
+    assert lines[0].startswith("error: ") and fragment in lines[0]
+
+
+def test_metadata_sha_matches_shipped_files() -> None:
+    from training.checkpoint import sha256_file
+
+    for meta_path in WEIGHTS_DIR.glob("*.json"):
+        meta = json.loads(meta_path.read_text())
+        assert sha256_file(meta_path.with_suffix(".pt")) == meta["sha256"], meta_path.name
