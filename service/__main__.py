@@ -18,12 +18,19 @@ from training.checkpoint import WeightsError, load_weights
 
 def main(argv: list[str] | None = None) -> int:
     settings = get_settings()
-    parser = argparse.ArgumentParser(prog="python -m service", description=__doc__,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m service",
+        description=__doc__,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--host", default=settings.host, help="interface to bind (MNIST_HOST)")
     parser.add_argument("--port", type=int, default=settings.port, help="port (MNIST_PORT)")
-    parser.add_argument("--workers", type=int, default=settings.workers,
-                        help="uvicorn worker processes, each with its own model (MNIST_WORKERS)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=settings.workers,
+        help="uvicorn worker processes, each with its own model (MNIST_WORKERS)",
+    )
     parser.add_argument("--log-level", default=settings.log_level, help="MNIST_LOG_LEVEL")
     args = parser.parse_args(argv)
 
@@ -40,8 +47,14 @@ def main(argv: list[str] | None = None) -> int:
         # oversubscribing them (threads per worker x workers <= cores).
         threads = max(1, (os.cpu_count() or 1) // args.workers)
         os.environ["MNIST_TORCH_THREADS"] = str(threads)
-    uvicorn.run("service.app:app", host=args.host, port=args.port, workers=args.workers,
-                log_level=args.log_level, timeout_graceful_shutdown=30)
+    uvicorn.run(
+        "service.app:app",
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level=args.log_level,
+        timeout_graceful_shutdown=30,
+    )
     return 0
 
 

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from PIL import Image
 
 from service import errors, routes
+from service.batcher import MicroBatcher
 from service.config import Settings, get_settings
 from service.deps import Registry
 from service.predictor import load_all
@@ -42,9 +43,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.error("cannot start: %s", exc)
             raise RuntimeError(f"cannot start: {exc}") from None
         registry.default = settings.model
+        if settings.batching:
+            for name, predictor in registry.predictors.items():
+                batcher = MicroBatcher(
+                    predictor.predict,
+                    name,
+                    settings.batch_max_size,
+                    settings.batch_max_delay_ms / 1000,
+                    settings.batch_queue_limit,
+                )
+                batcher.start()
+                registry.batchers[name] = batcher
         registry.ready = True
         yield
         registry.ready = False
+        for batcher in registry.batchers.values():
+            await batcher.stop()
+        registry.batchers.clear()
 
     app = FastAPI(
         title="MNIST digit recognition",

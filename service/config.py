@@ -31,6 +31,15 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(40_000_000, ge=1, description="width x height limit")
     max_batch_size: int = Field(256, ge=1, description="images per batch request")
 
+    batching: bool = Field(True, description="join concurrent requests into one forward pass")
+    batch_max_size: int = Field(64, ge=1, description="images per joined forward pass")
+    batch_max_delay_ms: float = Field(
+        1.0, ge=0, description="longest a request waits for others to join its pass"
+    )
+    batch_queue_limit: int = Field(
+        2048, ge=1, description="images waiting per model before answering 503"
+    )
+
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = Field(1, ge=1)

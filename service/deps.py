@@ -5,8 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated
 
+import numpy as np
 from fastapi import Depends, Query, Request
+from starlette.concurrency import run_in_threadpool
 
+from service.batcher import MicroBatcher
 from service.config import Settings, get_settings
 from service.predictor import Predictor
 from service.preprocess import InputError
@@ -17,6 +20,7 @@ class Registry:
     """The models this process serves; filled once by the lifespan."""
 
     predictors: dict[str, Predictor] = field(default_factory=dict)
+    batchers: dict[str, MicroBatcher] = field(default_factory=dict)  # empty: batching off
     default: str | None = None
     ready: bool = False
 
@@ -30,6 +34,14 @@ class Registry:
                 status_code=404,
             )
         return self.predictors[key]
+
+    async def infer(self, predictor: Predictor, images: np.ndarray) -> np.ndarray:
+        """Probabilities for preprocessed images: through the model's batcher when batching is
+        on, else one forward pass of its own in the threadpool."""
+        batcher = self.batchers.get(predictor.name)
+        if batcher is not None:
+            return await batcher.submit(images)
+        return await run_in_threadpool(predictor.predict, images)
 
 
 def get_registry(request: Request) -> Registry:

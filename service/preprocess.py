@@ -57,6 +57,7 @@ PIECE_MAX_GAP = 0.3
 STROKE_MIN = 1.9
 STROKE_MAX = 4.5
 STROKE_TARGET = 2.6
+STROKE_THIN_TO = 3.0
 MID_SCALE = 4
 
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601, as Pillow's "L"
@@ -383,15 +384,29 @@ def _fit_box(crop: np.ndarray) -> np.ndarray:
     width = stroke_width(box)
     if STROKE_MIN <= width <= STROKE_MAX:
         return box
-    mid = np.pad(_renormalise(_resize(crop, BOX_SIZE * MID_SCALE)), MID_SCALE * 2)
-    size = 1 + round(MID_SCALE * abs(STROKE_TARGET - width))
-    if width < STROKE_MIN:
-        mid = ndimage.maximum_filter(mid, size=size)
-    else:
-        mid = ndimage.minimum_filter(mid, size=size)
+    # Reshape at MID_SCALE x the output resolution, where a fraction of an output px is whole
+    # pixels; then re-crop, since the digit's box grows or shrinks with its strokes.
+    target = STROKE_TARGET if width < STROKE_MIN else STROKE_THIN_TO
+    per_side = MID_SCALE * (target - width) / 2
+    mid = _renormalise(_resize(crop, BOX_SIZE * MID_SCALE))
+    mid = _reshape_strokes(np.pad(mid, 2 * MID_SCALE * BOX_SIZE // 10), per_side)
     if not (mid > 0).any():
         return box  # eroded away: keep the unnormalised box rather than nothing
     return _renormalise(_resize(_crop(mid), BOX_SIZE))
+
+
+def _reshape_strokes(ink: np.ndarray, per_side: float) -> np.ndarray:
+    """Grow (per_side > 0) or shrink strokes by per_side px on each side.
+
+    Euclidean distance to the stroke edge gives round (disk-shaped) growth and erosion, so
+    curves and holes keep their shape, unlike a square max/min filter.
+    """
+    solid = ink >= 0.5
+    if per_side > 0:
+        outside = ndimage.distance_transform_edt(~solid)
+        return np.maximum(ink, np.clip(per_side + 1.0 - outside, 0.0, 1.0)).astype(np.float32)
+    inside = ndimage.distance_transform_edt(solid)
+    return np.clip(inside + per_side, 0.0, 1.0).astype(np.float32)
 
 
 def _resize(img: np.ndarray, side: int) -> np.ndarray:

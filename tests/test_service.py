@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import struct
 import zlib
 from collections.abc import AsyncIterator
@@ -314,3 +315,26 @@ async def test_accuracy_on_realistic_uploads(client: httpx.AsyncClient, mnist_te
         assert r.status_code == 200, r.text
         correct += r.json()["digit"] == labels[i]
     assert correct / len(picks) >= 0.97
+
+
+async def test_full_batching_queue_answers_503_with_retry_after(mnist_test) -> None:
+    settings = Settings(
+        weights_dir=WEIGHTS_DIR,
+        device="cpu",
+        models=["mlp"],
+        model="mlp",
+        batch_max_delay_ms=300,
+        batch_queue_limit=1,
+    )
+    app = create_app(settings)
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            body = {"pixels": mnist_test[0][0].tolist()}
+            first, second = await asyncio.gather(
+                c.post("/predict", json=body), c.post("/predict", json=body)
+            )
+    statuses = sorted([first.status_code, second.status_code])
+    assert statuses == [200, 503]
+    busy = first if first.status_code == 503 else second
+    assert busy.headers["retry-after"] == "1" and "busy" in busy.json()["error"]
