@@ -10,7 +10,7 @@ import torch
 from fastapi import FastAPI
 from PIL import Image
 
-from service import errors, routes
+from service import errors, routes, v2, web
 from service.batcher import MicroBatcher
 from service.config import Settings, get_settings
 from service.deps import Registry
@@ -73,6 +73,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.dependency_overrides[get_settings] = lambda: settings
     errors.install(app)
     app.include_router(routes.router)
+    v2.install(app)
+    web.install(app)
     app.add_middleware(errors.BodySizeLimit, max_bytes=settings.max_request_bytes)
     return app
 
