@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 
 import uvicorn
 
@@ -47,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
         # oversubscribing them (threads per worker x workers <= cores).
         threads = max(1, (os.cpu_count() or 1) // args.workers)
         os.environ["MNIST_TORCH_THREADS"] = str(threads)
+    if args.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        # Each worker counts on its own; this folder lets /metrics sum them all.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mnist-metrics-")
     uvicorn.run(
         "service.app:app",
         host=args.host,
@@ -54,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         workers=args.workers,
         log_level=args.log_level,
         timeout_graceful_shutdown=30,
+        access_log=False,  # the service logs one structured line per request instead
     )
     return 0
 

@@ -10,12 +10,13 @@ import torch
 from fastapi import FastAPI
 from PIL import Image
 
-from service import errors, routes, v2, web
+from service import errors, routes, telemetry, v2, web
 from service.batcher import MicroBatcher
 from service.config import Settings, get_settings
 from service.deps import Registry
 from service.predictor import load_all
 from training.checkpoint import WeightsError
+from training.device import device_name
 
 log = logging.getLogger("service")
 
@@ -55,8 +56,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 batcher.start()
                 registry.batchers[name] = batcher
         registry.ready = True
+        telemetry.MODELS_LOADED.set(len(registry.predictors))
+        for name, predictor in registry.predictors.items():
+            telemetry.MODEL_READY.labels(name).set(1)
+            telemetry.DEVICE.labels(predictor.device.type, device_name(predictor.device)).set(1)
         yield
         registry.ready = False
+        for name in registry.predictors:
+            telemetry.MODEL_READY.labels(name).set(0)
         for batcher in registry.batchers.values():
             await batcher.stop()
         registry.batchers.clear()
@@ -76,6 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     v2.install(app)
     web.install(app)
     app.add_middleware(errors.BodySizeLimit, max_bytes=settings.max_request_bytes)
+    telemetry.install(app)  # outermost: it also sees the 413s of the body limit
     return app
 
 

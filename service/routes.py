@@ -187,6 +187,7 @@ async def predict(
         body = await _json_body(request, PixelsRequest)
         job = partial(pixels_to_array, body.pixels, body.normalize)
     images = await run_in_threadpool(_prepare, [job], False)
+    request.state.model, request.state.images = predictor.name, len(images)
     probs = await registry.infer(predictor, images)
     return _json(_prediction(probs[0], predictor.name, images[0] if include_image else None))
 
@@ -223,6 +224,7 @@ async def predict_batch(
             status_code=413,
         )
     images = await run_in_threadpool(_prepare, jobs, True)
+    request.state.model, request.state.images = predictor.name, len(images)
     probs = await registry.infer(predictor, images)
     predictions = [
         _prediction(p, predictor.name, img if include_image else None)

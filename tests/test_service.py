@@ -338,3 +338,72 @@ async def test_full_batching_queue_answers_503_with_retry_after(mnist_test) -> N
     assert statuses == [200, 503]
     busy = first if first.status_code == 503 else second
     assert busy.headers["retry-after"] == "1" and "busy" in busy.json()["error"]
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus text format (0 when absent)."""
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+async def test_metrics_move_with_requests(mnist_test) -> None:
+    # Metrics are per process: a fresh app, so gauges reflect this app's three models.
+    app = create_app(Settings(weights_dir=WEIGHTS_DIR, device="cpu"))
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            await check_metrics(client, mnist_test)
+
+
+async def check_metrics(client: httpx.AsyncClient, mnist_test) -> None:
+    before = (await client.get("/metrics")).text
+    images, labels = mnist_test
+    await client.post("/predict?model=mlp", json={"pixels": images[0].tolist()})
+    await client.post("/predict", json={"pixels": [1, 2, 3]})
+    after = (await client.get("/metrics")).text
+    ok = dict(endpoint="/predict", status="200", model="mlp")
+    assert (
+        metric(after, "mnist_requests_total", **ok)
+        == metric(before, "mnist_requests_total", **ok) + 1
+    )
+    assert (
+        metric(after, "mnist_errors_total", kind="invalid_input")
+        == metric(before, "mnist_errors_total", kind="invalid_input") + 1
+    )
+    digit = dict(model="mlp", digit=str(labels[0]))
+    assert (
+        metric(after, "mnist_predicted_class_total", **digit)
+        == metric(before, "mnist_predicted_class_total", **digit) + 1
+    )
+    assert metric(after, "mnist_images_predicted_total", model="mlp") > metric(
+        before, "mnist_images_predicted_total", model="mlp"
+    )
+    assert metric(after, "mnist_batch_size_count", model="mlp") > 0
+    assert metric(after, "mnist_inference_duration_seconds_count", model="mlp") > 0
+    assert metric(after, "mnist_request_duration_seconds_count", endpoint="/predict") > 0
+    assert metric(after, "mnist_models_loaded") == 3
+    assert metric(after, "mnist_model_ready", model="cnn") == 1
+    assert metric(after, "mnist_device_info", device="cpu") == 1
+
+
+async def test_one_structured_log_line_per_request(client: httpx.AsyncClient, caplog) -> None:
+    import json
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="service.access"):
+        await client.post("/predict/batch?model=mlp", json={"images": [[0] * 784] * 3})
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "service.access"]
+    assert len(lines) == 1
+    assert lines[0] | {"latency_ms": 0} == {
+        "method": "POST",
+        "path": "/predict/batch",
+        "status": 200,
+        "latency_ms": 0,
+        "model": "mlp",
+        "images": 3,
+        "client": "127.0.0.1",
+    }

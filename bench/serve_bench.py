@@ -1,0 +1,192 @@
+"""Serving benchmark: the real service under wrk, dynamic batching off and on, side by side.
+
+    python bench/serve_bench.py                      # 2 workers, 5 s per step, CPU
+    python bench/serve_bench.py --duration 10 --out bench/results/serve-cpu.md
+
+For each mode (batching off, then on) it starts `python -m service` on 127.0.0.1, warms it up,
+and drives it with wrk (one wrk thread, so the load generator takes little of the cores it
+measures) for a bounded time per step: PNG upload to /predict, JSON pixels to /predict, and a
+256-image JSON /predict/batch, at 1, 8 and 64 connections. It prints one table with requests/s,
+images/s, p50/p90/p99 latency and errors, and the on/off ratio, and writes it with the machine,
+date and commit to a markdown file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import io
+import json
+import os
+import platform
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from training.data import load_split  # noqa: E402
+
+LUA = """
+local f = assert(io.open("{body}", "rb"))
+wrk.method = "POST"
+wrk.body = f:read("*a")
+f:close()
+wrk.headers["Content-Type"] = "{ctype}"
+"""
+
+
+@dataclass
+class Scenario:
+    name: str
+    path: str
+    body: bytes
+    ctype: str
+    images: int  # images per request
+
+
+def scenarios(digits: np.ndarray) -> list[Scenario]:
+    png = io.BytesIO()
+    Image.fromarray(digits[0]).save(png, "PNG")
+    boundary = "benchboundary7f3a"
+    multipart = (
+        f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"d.png\"\r\n"
+        "Content-Type: image/png\r\n\r\n"
+    ).encode() + png.getvalue() + f"\r\n--{boundary}--\r\n".encode()
+    single = json.dumps({"pixels": digits[0].tolist()}).encode()
+    batch = json.dumps({"images": [d.tolist() for d in digits[:256]]}).encode()
+    return [
+        Scenario("PNG /predict", "/predict", multipart,
+                 f"multipart/form-data; boundary={boundary}", 1),
+        Scenario("JSON /predict", "/predict", single, "application/json", 1),
+        Scenario("JSON /predict/batch x256", "/predict/batch", batch, "application/json", 256),
+    ]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_service(batching: bool, workers: int, device: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = {**os.environ, "MNIST_BATCHING": str(batching).lower(), "MNIST_DEVICE": device,
+           "MNIST_LOG_LEVEL": "warning", "MNIST_MAX_BATCH_SIZE": "256"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", str(workers), "--log-level", "warning"],
+        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/health/ready", timeout=1).status_code == 200:
+                return proc, base
+        except httpx.TransportError:
+            time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError("service did not become ready")
+
+
+def parse_ms(text: str) -> float:
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()
+    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[unit]
+
+
+def run_wrk(base: str, scenario: Scenario, connections: int, seconds: int, tmp: Path) -> dict:
+    body = tmp / f"{abs(hash(scenario.name))}.body"
+    body.write_bytes(scenario.body)
+    script = tmp / f"{abs(hash(scenario.name))}.lua"
+    script.write_text(LUA.format(body=body, ctype=scenario.ctype))
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "10s",
+         "-s", str(script), base + scenario.path],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    latency = dict(re.findall(r"^\s+(50|90|99)%\s+(\S+)", out, re.M))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), "
+                              r"timeout (\d+)", out)
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    errors = int(non2xx.group(1)) if non2xx else 0
+    if socket_errors:
+        errors += sum(int(x) for x in socket_errors.groups())
+    return {"rps": rps, "images_per_s": rps * scenario.images,
+            "p50": parse_ms(latency["50"]), "p90": parse_ms(latency["90"]),
+            "p99": parse_ms(latency["99"]), "errors": errors}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--duration", type=int, default=5, help="seconds per step")
+    parser.add_argument("--workers", type=int, default=2, help="uvicorn workers")
+    parser.add_argument("--device", default="cpu", help="MNIST_DEVICE for the service")
+    parser.add_argument("--connections", default="1,8,64", help="comma-separated")
+    parser.add_argument("--data-dir", default=os.environ.get("MNIST_DATA_DIR",
+                                                             "../shared/datasets/mnist"))
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "serve-cpu.md")
+    args = parser.parse_args()
+    digits, _ = load_split(Path(args.data_dir), "test")
+    connections = [int(c) for c in args.connections.split(",")]
+    results: dict[tuple[str, int, bool], dict] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for batching in (False, True):
+            proc, base = start_service(batching, args.workers, args.device)
+            try:
+                for scenario in scenarios(digits):
+                    run_wrk(base, scenario, 8, 1, Path(tmp))  # warm-up
+                    for c in connections:
+                        r = run_wrk(base, scenario, c, args.duration, Path(tmp))
+                        results[(scenario.name, c, batching)] = r
+                        print(f"batching {'on ' if batching else 'off'} {scenario.name:26s} "
+                              f"c={c:<3d} {r['rps']:9.0f} req/s  p99 {r['p99']:7.1f} ms  "
+                              f"errors {r['errors']}", flush=True)
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=30)
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
+                            capture_output=True, text=True).stdout.strip() or "?"
+    lines = [
+        f"# Serving benchmark ({args.device})", "",
+        f"`python bench/serve_bench.py --duration {args.duration} --workers {args.workers} "
+        f"--device {args.device}`", "",
+        f"- machine: {platform.node()}, {os.cpu_count()} CPUs, {platform.processor() or ''} "
+        f"{platform.machine()}", f"- date: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC",
+        f"- commit: {commit}; {args.workers} uvicorn workers; wrk -t1, {args.duration} s per step",
+        "",
+        "| endpoint | conns | batching | req/s | images/s | p50 ms | p90 ms | p99 ms | errors "
+        "| on/off |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for scenario in scenarios(digits):
+        for c in connections:
+            off, on = results[(scenario.name, c, False)], results[(scenario.name, c, True)]
+            for label, r in (("off", off), ("on", on)):
+                ratio = f"{on['rps'] / off['rps']:.2f}x" if label == "on" else ""
+                lines.append(
+                    f"| {scenario.name} | {c} | {label} | {r['rps']:,.0f} | "
+                    f"{r['images_per_s']:,.0f} | {r['p50']:.2f} | {r['p90']:.2f} | "
+                    f"{r['p99']:.2f} | {r['errors']} | {ratio} |"
+                )
+    table = "\n".join(lines) + "\n"
+    print("\n" + table)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(table)
+
+
+if __name__ == "__main__":
+    main()
