@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 import torch
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from PIL import Image
 
 from service import errors, routes, telemetry, v2, web
@@ -15,6 +16,7 @@ from service.batcher import MicroBatcher
 from service.config import Settings, get_settings
 from service.deps import Registry
 from service.predictor import load_all
+from service.security import AccessControl
 from training.checkpoint import WeightsError
 from training.device import device_name
 
@@ -82,8 +84,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(routes.router)
     v2.install(app)
     web.install(app)
+    # Middleware, innermost first: body limit, access control, telemetry (sees every answer,
+    # 401/429/413 included), CORS (outermost, so preflight requests need no key).
     app.add_middleware(errors.BodySizeLimit, max_bytes=settings.max_request_bytes)
-    telemetry.install(app)  # outermost: it also sees the 413s of the body limit
+    app.add_middleware(AccessControl, settings=settings)
+    telemetry.install(app)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["*"],
+        )
     return app
 
 

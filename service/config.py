@@ -40,12 +40,25 @@ class Settings(BaseSettings):
         2048, ge=1, description="images waiting per model before answering 503"
     )
 
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="comma-separated API keys; any key turns auth on"
+    )
+    api_keys_file: Path | None = Field(None, description="file with one API key per line")
+    auth_probes: bool = Field(False, description="also require a key on the health probes")
+    auth_metrics: bool = Field(False, description="also require a key on /metrics")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="comma-separated origins allowed by CORS (none: off)"
+    )
+    rate_limit: str | None = Field(
+        None, description='requests per client, e.g. "50/second" or "1000/minute" (none: off)'
+    )
+
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = Field(1, ge=1)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
-    @field_validator("models", mode="before")
+    @field_validator("models", "api_keys", "cors_origins", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
