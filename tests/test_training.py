@@ -155,3 +155,46 @@ def test_two_process_ddp_over_gloo(tmp_path: Path, mnist_dir: Path):
     assert meta["test"]["accuracy"] > 0.8
     assert sorted(p.name for p in out.iterdir()) == ["mlp.json", "mlp.pt"]  # rank 0 only
     assert proc.stdout.count("test accuracy") == 1
+
+
+def test_a_failing_rank_stops_the_whole_run(tmp_path: Path, mnist_dir: Path):
+    """Rank 1 dies in its first epoch: torchrun must end every rank with an error, not hang."""
+    wrapper = tmp_path / "failing_rank.py"
+    wrapper.write_text(
+        "import os, sys\n"
+        "from training import run\n"
+        "if os.environ['RANK'] == '1':\n"
+        "    def broken(*args, **kwargs):\n"
+        "        raise RuntimeError('rank 1 lost its data')\n"
+        "    run.EagerTrainer.run_epoch = broken\n"
+        "sys.exit(run.main(sys.argv[1:]))\n"
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port=29518",
+        str(wrapper),
+        *QUICK,
+        "--data-dir",
+        str(mnist_dir),
+        "--model",
+        "mlp",
+        "--epochs",
+        "2",
+        "--no-plots",
+        "--dist-timeout",
+        "30",
+        "--out",
+        str(tmp_path / "weights"),
+        "--run-dir",
+        str(tmp_path / "run"),
+    ]
+    env = dict(
+        os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(run.__file__).resolve().parent.parent)
+    )
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=200, env=env)
+    assert proc.returncode != 0
+    assert "rank 1 lost its data" in proc.stderr + proc.stdout
+    assert not (tmp_path / "weights" / "mlp.pt").exists()
