@@ -61,14 +61,19 @@ def scenarios(digits: np.ndarray) -> list[Scenario]:
     Image.fromarray(digits[0]).save(png, "PNG")
     boundary = "benchboundary7f3a"
     multipart = (
-        f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"d.png\"\r\n"
-        "Content-Type: image/png\r\n\r\n"
-    ).encode() + png.getvalue() + f"\r\n--{boundary}--\r\n".encode()
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="d.png"\r\n'
+            "Content-Type: image/png\r\n\r\n"
+        ).encode()
+        + png.getvalue()
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     single = json.dumps({"pixels": digits[0].tolist()}).encode()
     batch = json.dumps({"images": [d.tolist() for d in digits[:256]]}).encode()
     return [
-        Scenario("PNG /predict", "/predict", multipart,
-                 f"multipart/form-data; boundary={boundary}", 1),
+        Scenario(
+            "PNG /predict", "/predict", multipart, f"multipart/form-data; boundary={boundary}", 1
+        ),
         Scenario("JSON /predict", "/predict", single, "application/json", 1),
         Scenario("JSON /predict/batch x256", "/predict/batch", batch, "application/json", 256),
     ]
@@ -80,14 +85,36 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_service(batching: bool, workers: int, device: str) -> tuple[subprocess.Popen, str]:
+def start_service(
+    batching: bool, workers: int, device: str, models: list[str]
+) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    env = {**os.environ, "MNIST_BATCHING": str(batching).lower(), "MNIST_DEVICE": device,
-           "MNIST_LOG_LEVEL": "warning", "MNIST_MAX_BATCH_SIZE": "256"}
+    env = {
+        **os.environ,
+        "MNIST_BATCHING": str(batching).lower(),
+        "MNIST_DEVICE": device,
+        "MNIST_LOG_LEVEL": "warning",
+        "MNIST_MAX_BATCH_SIZE": "256",
+        "MNIST_MODELS": ",".join(models),
+    }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", str(workers), "--log-level", "warning"],
-        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "service",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+            "--log-level",
+            "warning",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -106,27 +133,55 @@ def parse_ms(text: str) -> float:
     return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[unit]
 
 
-def run_wrk(base: str, scenario: Scenario, connections: int, seconds: int, tmp: Path) -> dict:
+def run_wrk(
+    base: str,
+    scenario: Scenario,
+    connections: int,
+    seconds: int,
+    tmp: Path,
+    threads: int = 1,
+    query: str = "",
+) -> dict:
     body = tmp / f"{abs(hash(scenario.name))}.body"
     body.write_bytes(scenario.body)
     script = tmp / f"{abs(hash(scenario.name))}.lua"
     script.write_text(LUA.format(body=body, ctype=scenario.ctype))
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "10s",
-         "-s", str(script), base + scenario.path],
-        capture_output=True, text=True, check=True,
+        [
+            "wrk",
+            f"-t{min(threads, connections)}",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--latency",
+            "--timeout",
+            "10s",
+            "-s",
+            str(script),
+            base + scenario.path + query,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     latency = dict(re.findall(r"^\s+(50|90|99)%\s+(\S+)", out, re.M))
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), "
-                              r"timeout (\d+)", out)
+    socket_errors = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), "
+        r"timeout (\d+)",
+        out,
+    )
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     errors = int(non2xx.group(1)) if non2xx else 0
     if socket_errors:
         errors += sum(int(x) for x in socket_errors.groups())
-    return {"rps": rps, "images_per_s": rps * scenario.images,
-            "p50": parse_ms(latency["50"]), "p90": parse_ms(latency["90"]),
-            "p99": parse_ms(latency["99"]), "errors": errors}
+    return {
+        "rps": rps,
+        "images_per_s": rps * scenario.images,
+        "p50": parse_ms(latency["50"]),
+        "p90": parse_ms(latency["90"]),
+        "p99": parse_ms(latency["99"]),
+        "errors": errors,
+    }
 
 
 def main() -> None:
@@ -135,53 +190,81 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="uvicorn workers")
     parser.add_argument("--device", default="cpu", help="MNIST_DEVICE for the service")
     parser.add_argument("--connections", default="1,8,64", help="comma-separated")
-    parser.add_argument("--data-dir", default=os.environ.get("MNIST_DATA_DIR",
-                                                             "../shared/datasets/mnist"))
+    parser.add_argument("--models", default="cnn", help="comma-separated models to drive")
+    parser.add_argument(
+        "--wrk-threads",
+        type=int,
+        default=1,
+        help="wrk threads (1 on a 2-core machine: leave the cores to the server)",
+    )
+    parser.add_argument(
+        "--data-dir", default=os.environ.get("MNIST_DATA_DIR", "../shared/datasets/mnist")
+    )
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "serve-cpu.md")
     args = parser.parse_args()
     digits, _ = load_split(Path(args.data_dir), "test")
     connections = [int(c) for c in args.connections.split(",")]
-    results: dict[tuple[str, int, bool], dict] = {}
+    models = args.models.split(",")
+    results: dict[tuple[str, str, int, bool], dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for batching in (False, True):
-            proc, base = start_service(batching, args.workers, args.device)
+            proc, base = start_service(batching, args.workers, args.device, models)
             try:
-                for scenario in scenarios(digits):
-                    run_wrk(base, scenario, 8, 1, Path(tmp))  # warm-up
-                    for c in connections:
-                        r = run_wrk(base, scenario, c, args.duration, Path(tmp))
-                        results[(scenario.name, c, batching)] = r
-                        print(f"batching {'on ' if batching else 'off'} {scenario.name:26s} "
-                              f"c={c:<3d} {r['rps']:9.0f} req/s  p99 {r['p99']:7.1f} ms  "
-                              f"errors {r['errors']}", flush=True)
+                for model in models:
+                    for scenario in scenarios(digits):
+                        q = f"?model={model}"
+                        run_wrk(base, scenario, 8, 1, Path(tmp), args.wrk_threads, q)  # warm-up
+                        for c in connections:
+                            r = run_wrk(
+                                base, scenario, c, args.duration, Path(tmp), args.wrk_threads, q
+                            )
+                            results[(model, scenario.name, c, batching)] = r
+                            print(
+                                f"batching {'on ' if batching else 'off'} {model} "
+                                f"{scenario.name:26s} c={c:<3d} {r['rps']:9.0f} req/s  "
+                                f"p99 {r['p99']:7.1f} ms  errors {r['errors']}",
+                                flush=True,
+                            )
             finally:
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(timeout=30)
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
-                            capture_output=True, text=True).stdout.strip() or "?"
+    commit = (
+        subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+        ).stdout.strip()
+        or "?"
+    )
     lines = [
-        f"# Serving benchmark ({args.device})", "",
-        f"`python bench/serve_bench.py --duration {args.duration} --workers {args.workers} "
-        f"--device {args.device}`", "",
-        f"- machine: {platform.node()}, {os.cpu_count()} CPUs, {platform.processor() or ''} "
-        f"{platform.machine()}", f"- date: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC",
-        f"- commit: {commit}; {args.workers} uvicorn workers; wrk -t1, {args.duration} s per step",
+        f"# Serving benchmark ({args.device})",
         "",
-        "| endpoint | conns | batching | req/s | images/s | p50 ms | p90 ms | p99 ms | errors "
-        "| on/off |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f"`python bench/serve_bench.py --duration {args.duration} --workers {args.workers} "
+        f"--device {args.device} --models {args.models} --wrk-threads {args.wrk_threads}`",
+        "",
+        f"- machine: {platform.node()}, {os.cpu_count()} CPUs, {platform.processor() or ''} "
+        f"{platform.machine()}",
+        f"- date: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC",
+        f"- commit: {commit}; {args.workers} uvicorn workers; wrk -t{args.wrk_threads}, "
+        f"{args.duration} s per step",
+        "",
+        "| model | endpoint | conns | batching | req/s | images/s | p50 ms | p90 ms | p99 ms "
+        "| errors | on/off |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for scenario in scenarios(digits):
-        for c in connections:
-            off, on = results[(scenario.name, c, False)], results[(scenario.name, c, True)]
-            for label, r in (("off", off), ("on", on)):
-                ratio = f"{on['rps'] / off['rps']:.2f}x" if label == "on" else ""
-                lines.append(
-                    f"| {scenario.name} | {c} | {label} | {r['rps']:,.0f} | "
-                    f"{r['images_per_s']:,.0f} | {r['p50']:.2f} | {r['p90']:.2f} | "
-                    f"{r['p99']:.2f} | {r['errors']} | {ratio} |"
-                )
+    for model in models:
+        for scenario in scenarios(digits):
+            for c in connections:
+                off = results[(model, scenario.name, c, False)]
+                on = results[(model, scenario.name, c, True)]
+                for label, r in (("off", off), ("on", on)):
+                    ratio = ""
+                    if label == "on":
+                        ratio = f"{on['rps'] / off['rps']:.2f}x" if off["rps"] else "n/a"
+                    lines.append(
+                        f"| {model} | {scenario.name} | {c} | {label} | {r['rps']:,.0f} | "
+                        f"{r['images_per_s']:,.0f} | {r['p50']:.2f} | {r['p90']:.2f} | "
+                        f"{r['p99']:.2f} | {r['errors']} | {ratio} |"
+                    )
     table = "\n".join(lines) + "\n"
     print("\n" + table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
