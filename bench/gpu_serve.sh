@@ -13,6 +13,7 @@ export PATH=/tmp/wrkroot/usr/bin:$PATH LD_LIBRARY_PATH=/tmp/wrkroot/usr/lib/x86_
   python3 -c "import torch, fastapi; print('torch', torch.__version__, 'fastapi', fastapi.__version__)"; \
   date -u; } 2>&1 | tee "$OUT/logs/machine_serve.txt"
 
+[ "${SERVE_ONLY:-0}" = 1 ] || {
 # Issue 9 on what is lent: the default recipe under torchrun with one GPU (NCCL).
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 torchrun --nproc_per_node=1 -m training.run --model cnn --no-progress --no-download --no-plots \
@@ -22,6 +23,7 @@ python3 -c "from training.checkpoint import load_weights; m, meta = load_weights
 
 python3 bench/infer_gpu.py --data-dir data/mnist --models cnn mlp \
   --json "$OUT/logs/infer_gpu2.json" 2>&1 | tee "$OUT/logs/infer_gpu2.log" | tail -8
+}
 python3 bench/serve_bench.py --device cuda --workers 4 --wrk-threads 4 --duration 4 \
   --models cnn,mlp --data-dir data/mnist --out "$OUT/logs/serve-gpu.md" 2>&1 \
   | tee "$OUT/logs/serve_gpu.log" | tail -45
