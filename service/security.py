@@ -57,7 +57,12 @@ class AccessControl:
         self.limiter = MovingWindowRateLimiter(MemoryStorage()) if self.limit else None
 
     def _is_open(self, path: str) -> bool:
-        return path in self.open_paths or path.startswith("/static/")
+        return path in self.open_paths or self._is_open_page(path)
+
+    @staticmethod
+    def _is_open_page(path: str) -> bool:
+        # The web page and its files: never behind a key, never counted against the limit.
+        return path in PAGE_PATHS or path.startswith("/static/")
 
     def _presented_key(self, scope: Scope) -> bytes | None:
         headers = dict(scope["headers"])
@@ -92,7 +97,8 @@ class AccessControl:
             if not self._key_is_valid(presented):
                 await error_response(403, "invalid API key")(scope, receive, send)
                 return
-        if self.limiter and self.limit and not path.startswith(PROBE_PATHS):
+        limited = not path.startswith(PROBE_PATHS) and not self._is_open_page(path)
+        if self.limiter and self.limit and limited:
             client = (scope.get("client") or ("unknown", 0))[0]
             who = "key:" + presented.decode(errors="replace") if presented else "ip:" + client
             if not self.limiter.hit(self.limit, who):

@@ -157,3 +157,11 @@ def test_weights_for_another_architecture_are_refused(tmp_path: Path) -> None:
     write_meta_for(tmp_path / "cnn.pt", WEIGHTS_DIR / "cnn.json")  # checksum fixed up
     with pytest.raises(WeightsError, match="cannot load state_dict"):
         load_weights(tmp_path / "cnn.pt")
+
+
+async def test_the_page_is_never_rate_limited() -> None:
+    async with serve(rate_limit="2/minute") as client:
+        for _ in range(4):
+            assert (await client.get("/")).status_code == 200
+            assert (await client.get("/static/app.js")).status_code == 200
+        assert (await client.post("/predict", json=PIXELS)).status_code == 200
