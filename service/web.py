@@ -30,7 +30,7 @@ PAGE_HEADERS = {
 
 
 def install(app: FastAPI) -> None:
-    """Add `GET /` (the page) and mount `/static` on `app`."""
+    """Add `GET /` (the page) and `/favicon.ico`, and mount `/static`, on `app`."""
     index = STATIC_DIR / "index.html"
     if not index.is_file():
         raise RuntimeError(f"web page missing: {index} (is service/static packaged?)")
@@ -38,5 +38,9 @@ def install(app: FastAPI) -> None:
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
         return FileResponse(index, media_type="text/html; charset=utf-8", headers=PAGE_HEADERS)
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> FileResponse:
+        return FileResponse(STATIC_DIR / "icon.svg", media_type="image/svg+xml")
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
