@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,54 +12,21 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import REPO_ROOT, WEIGHTS_DIR
+from tests.conftest import WEIGHTS_DIR
+from tests.servers import running_service, start, stop, wait_ready
 from tests.uploads import encode, paper
 
 pytestmark = pytest.mark.slow
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start(env: dict[str, str], *args: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port), *args],
-        cwd=REPO_ROOT,
-        env={**os.environ, "MNIST_DEVICE": "cpu", **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    return proc, f"http://127.0.0.1:{port}"
-
-
-def wait_ready(proc: subprocess.Popen, base: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited early: {proc.stdout.read()}")
-        try:
-            if httpx.get(f"{base}/health/ready", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("server not ready in time")
-
-
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
-    proc, base = start({})
+    proc, base = start()
     try:
         wait_ready(proc, base)
         yield base
     finally:
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=30)
+        out = stop(proc)
         # Graceful: uvicorn finishes, then re-raises SIGTERM so the exit status reports it.
         assert proc.returncode in (0, -signal.SIGTERM)
         assert "Finished server process" in out
@@ -86,16 +48,13 @@ def test_predicts_an_uploaded_photo_over_http(server: str, mnist_test) -> None:
 
 def test_two_workers_serve(mnist_test) -> None:
     images, labels = mnist_test
-    proc, base = start({}, "--workers", "2")
-    try:
-        wait_ready(proc, base, timeout=90)
-        with httpx.Client(base_url=base) as client:
-            for i in range(6):
-                r = client.post("/predict", json={"pixels": images[i].tolist()})
-                assert r.json()["digit"] == labels[i]
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
+    with (
+        running_service(None, "--workers", "2", timeout=90) as (base, _),
+        httpx.Client(base_url=base) as client,
+    ):
+        for i in range(6):
+            r = client.post("/predict", json={"pixels": images[i].tolist()})
+            assert r.json()["digit"] == labels[i]
 
 
 @pytest.mark.parametrize(

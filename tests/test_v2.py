@@ -5,13 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import AsyncIterator, Iterator
 
 import httpx
@@ -22,7 +16,8 @@ from asgi_lifespan import LifespanManager
 from service.app import create_app
 from service.config import Settings
 from service.predictor import Predictor
-from tests.conftest import REPO_ROOT, WEIGHTS_DIR
+from tests.conftest import WEIGHTS_DIR
+from tests.servers import running_service
 
 MAX_BATCH = 32
 N = 16  # real MNIST test images per inference
@@ -552,41 +547,11 @@ async def test_openapi_lists_the_v2_routes(client: httpx.AsyncClient) -> None:
 # --------------------------------------------------------------------------- tritonclient
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def triton_url() -> Iterator[str]:
     """A real `python -m service` process; the URL as tritonclient takes it (host:port)."""
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=REPO_ROOT,
-        env={**os.environ, "MNIST_DEVICE": "cpu"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"server exited early: {proc.stdout.read()}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError("server not ready in time")
-            time.sleep(0.2)
-        yield f"127.0.0.1:{port}"
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=30)
+    with running_service() as (base, _):
+        yield base.removeprefix("http://")
 
 
 @pytest.fixture(scope="module")

@@ -14,15 +14,10 @@ import itertools
 import math
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -31,6 +26,7 @@ from PIL import Image
 from service.app import create_app
 from service.config import Settings
 from tests.conftest import REPO_ROOT
+from tests.servers import running_service
 from tests.uploads import encode, paper
 
 CHROMIUM = Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"))
@@ -89,55 +85,11 @@ def test_page_keeps_the_api_json_errors(client: TestClient) -> None:
 # ------------------------------------------------------------------ a real server and browser
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "service",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        cwd=REPO_ROOT,
-        env={**os.environ, "MNIST_DEVICE": "cpu", "MNIST_MAX_UPLOAD_BYTES": str(UPLOAD_LIMIT)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited early: {proc.stdout.read()}")
-            try:
-                if httpx.get(f"{base}/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("server not ready within 60 s")
-            time.sleep(0.2)
+    env = {"MNIST_MAX_UPLOAD_BYTES": str(UPLOAD_LIMIT), "MNIST_LOG_LEVEL": "warning"}
+    with running_service(env) as (base, _):
         yield base
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
 
 
 @pytest.fixture(scope="module")
