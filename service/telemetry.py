@@ -64,6 +64,7 @@ DEVICE = Gauge(
 
 ERROR_KINDS = {
     400: "malformed_request",
+    499: "client_disconnected",
     401: "unauthenticated",
     403: "forbidden",
     404: "not_found",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -94,3 +96,22 @@ def test_metadata_sha_matches_shipped_files() -> None:
     for meta_path in WEIGHTS_DIR.glob("*.json"):
         meta = json.loads(meta_path.read_text())
         assert sha256_file(meta_path.with_suffix(".pt")) == meta["sha256"], meta_path.name
+
+
+def test_a_client_that_hangs_up_mid_upload_is_not_a_server_error(server: str, mnist_test):
+    host, port = server.removeprefix("http://").split(":")
+    head = b'--b\r\nContent-Disposition: form-data; name="file"; filename="d.png"\r\n\r\n'
+    for _ in range(3):
+        with socket.create_connection((host, int(port))) as conn:
+            conn.sendall(
+                b"POST /predict HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Type: multipart/form-data; boundary=b\r\n"
+                b"Content-Length: 100000\r\n\r\n" + head
+            )
+        time.sleep(0.2)
+    metrics = httpx.get(f"{server}/metrics").text
+    assert 'kind="internal"' not in metrics and 'status="500"' not in metrics
+    assert 'kind="client_disconnected"' in metrics
+    images, labels = mnist_test
+    r = httpx.post(f"{server}/predict", json={"pixels": images[0].tolist()})
+    assert r.json()["digit"] == labels[0]
