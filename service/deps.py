@@ -39,7 +39,8 @@ class Registry:
         """Probabilities for preprocessed images: through the model's batcher when batching is
         on, else one forward pass of its own in the threadpool."""
         batcher = self.batchers.get(predictor.name)
-        if batcher is not None:
+        # A request that fills a pass by itself gains nothing from waiting for others.
+        if batcher is not None and len(images) < batcher.max_batch:
             return await batcher.submit(images)
         return await run_in_threadpool(predictor.predict, images)
 
