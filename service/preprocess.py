@@ -174,7 +174,8 @@ def _shrink(img: Image.Image) -> Image.Image:
 
 def _high_bit_grey(img: Image.Image) -> np.ndarray:
     """16-bit, 32-bit int and float images: scale their range to 0-255 rather than clip it."""
-    arr = np.nan_to_num(np.asarray(img, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    # float64: the span of a float32 image (max - min) can overflow float32 itself.
+    arr = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
     lo, hi = float(arr.min()), float(arr.max())
     if img.mode == "F" and lo >= 0 and hi <= 1.0:
         arr = arr * 255.0  # float images in 0-1

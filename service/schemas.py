@@ -35,6 +35,7 @@ for _r in range(6, 22):
 
 NORMALIZE_FIELD = Field(
     False,
+    strict=True,  # documented as a boolean: 0, 1 or "yes" are refused, not guessed
     description="run the upload pipeline (crop to the ink, scale to 20 px, centre by mass) on "
     "the array first; off by default: arrays are taken as already in MNIST form",
 )

@@ -260,7 +260,7 @@ def _input_images(spec: object, binary: bytes | None, max_batch: int) -> np.ndar
     if spec.get("name") != INPUT:
         raise _bad(f"unknown input {spec.get('name')!r}: this model has one input, {INPUT!r}")
     dtype_name = spec.get("datatype")
-    if dtype_name not in DTYPES:
+    if not isinstance(dtype_name, str) or dtype_name not in DTYPES:  # lists are unhashable
         raise _bad(
             f"input {INPUT!r}: datatype {dtype_name!r} not accepted; send FP32 or UINT8 "
             f"({SCALE}), or another of {', '.join(DTYPES)}"
@@ -336,7 +336,7 @@ def _requested_outputs(body: dict) -> list[tuple[str, bool]]:
     outputs: list[tuple[str, bool]] = []
     for item in asked:
         name = item.get("name") if isinstance(item, dict) else None
-        if name not in OUTPUTS:
+        if not isinstance(name, str) or name not in OUTPUTS:  # lists are unhashable
             raise _bad(f"unknown output {name!r}; this model gives {', '.join(OUTPUTS)}")
         if any(name == seen for seen, _ in outputs):
             raise _bad(f"output {name!r} requested twice")
@@ -453,6 +453,7 @@ ERRORS = {
     400: {"description": "malformed request or tensor (shape, datatype, values)"},
     404: {"description": "unknown model or version"},
     413: {"description": "batch or body over the configured limits"},
+    415: {"description": "unsupported Content-Encoding (gzip, deflate or none)"},
     503: {"description": "the models are not loaded yet"},
 }
 INFER_DOC = dict(
