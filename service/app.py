@@ -39,24 +39,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
         registry: Registry = app.state.registry
         try:
-            registry.predictors = load_all(
+            loaded = load_all(
                 settings.weights_dir, settings.models, settings.model, settings.device
             )
         except (WeightsError, ValueError) as exc:
             log.error("cannot start: %s", exc)
             raise RuntimeError(f"cannot start: {exc}") from None
+        registry.add(loaded)
         registry.default = settings.model
         if settings.batching:
-            for name, predictor in registry.predictors.items():
+            for predictor in registry.all():
                 batcher = MicroBatcher(
                     predictor.predict,
-                    name,
+                    predictor.key,
                     settings.batch_max_size,
                     settings.batch_max_delay_ms / 1000,
                     settings.batch_queue_limit,
                 )
                 batcher.start()
-                registry.batchers[name] = batcher
+                registry.batchers[predictor.key] = batcher
         registry.ready = True
         telemetry.MODELS_LOADED.set(len(registry.predictors))
         for name, predictor in registry.predictors.items():

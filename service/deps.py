@@ -19,10 +19,32 @@ from service.preprocess import InputError
 class Registry:
     """The models this process serves; filled once by the lifespan."""
 
-    predictors: dict[str, Predictor] = field(default_factory=dict)
-    batchers: dict[str, MicroBatcher] = field(default_factory=dict)  # empty: batching off
+    predictors: dict[str, Predictor] = field(default_factory=dict)  # name -> latest version
+    versions: dict[str, dict[str, Predictor]] = field(default_factory=dict)  # name -> all
+    batchers: dict[str, MicroBatcher] = field(default_factory=dict)  # by Predictor.key
+
     default: str | None = None
     ready: bool = False
+
+    def add(self, loaded: list[Predictor]) -> None:
+        for predictor in loaded:
+            self.versions.setdefault(predictor.name, {})[predictor.version] = predictor
+        self.predictors = {
+            name: versions[max(versions, key=int)] for name, versions in self.versions.items()
+        }
+
+    def all(self) -> list[Predictor]:
+        return [p for versions in self.versions.values() for p in versions.values()]
+
+    def get_version(self, name: str, version: str) -> Predictor:
+        versions = self.versions.get(self.get(name).name, {})
+        if version not in versions:
+            available = ", ".join(sorted(versions, key=int))
+            raise InputError(
+                f"model {name!r} has no version {version!r}; available: {available}",
+                status_code=404,
+            )
+        return versions[version]
 
     def get(self, name: str | None) -> Predictor:
         if not self.ready:
@@ -38,7 +60,7 @@ class Registry:
     async def infer(self, predictor: Predictor, images: np.ndarray) -> np.ndarray:
         """Probabilities for preprocessed images: through the model's batcher when batching is
         on, else one forward pass of its own in the threadpool."""
-        batcher = self.batchers.get(predictor.name)
+        batcher = self.batchers.get(predictor.key)
         # A request that fills a pass by itself gains nothing from waiting for others.
         if batcher is not None and len(images) < batcher.max_batch:
             return await batcher.submit(images)

@@ -52,7 +52,12 @@ class Predictor:
     metadata: dict
     device: torch.device
     weights_path: Path
+    version: str = "1"
     loaded_at: float = field(default_factory=time.time)
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}@{self.version}"
 
     @property
     def channels_last(self) -> bool:
@@ -62,7 +67,8 @@ class Predictor:
     def load(cls, weights_path: Path, device: torch.device) -> Predictor:
         model, metadata = load_weights(weights_path, device)
         model = inference_model(model, device)
-        predictor = cls(weights_path.stem, model, metadata, device, weights_path)
+        name, version = parse_stem(weights_path.stem)
+        predictor = cls(name, model, metadata, device, weights_path, version)
         predictor.predict(np.zeros((1, 28, 28), dtype=np.float32))  # warm-up: first call is slow
         return predictor
 
@@ -85,6 +91,7 @@ class Predictor:
         meta = self.metadata
         return {
             "name": self.name,
+            "version": self.version,
             "architecture": meta["architecture"]["name"],
             "parameters": meta.get("parameters"),
             "input": {
@@ -106,33 +113,47 @@ class Predictor:
         }
 
 
+def parse_stem(stem: str) -> tuple[str, str]:
+    """`cnn` -> ("cnn", "1"); `cnn.v2` -> ("cnn", "2"): numbered versions of one model."""
+    name, sep, version = stem.rpartition(".v")
+    if sep and name and version.isdigit() and int(version) > 0:
+        return name, str(int(version))
+    return stem, "1"
+
+
 def discover(weights_dir: Path, names: list[str]) -> list[Path]:
-    """The .pt files to load: the named ones, or every .pt with a .json beside it."""
-    if names:
-        return [weights_dir / f"{name}.pt" for name in names]
+    """The .pt files to load: every `<name>[.v<N>].pt` with its .json, or those of `names`."""
+    if not weights_dir.is_dir():
+        raise WeightsError(f"{weights_dir}: weights folder not found")
     found = sorted(p for p in weights_dir.glob("*.pt") if p.with_suffix(".json").is_file())
+    if names:
+        # A named model without its files still fails start-up, naming the file it lacks.
+        chosen = [p for p in found if parse_stem(p.stem)[0] in names]
+        have = {parse_stem(p.stem)[0] for p in chosen}
+        return chosen + [weights_dir / f"{name}.pt" for name in names if name not in have]
     if not found:
         raise WeightsError(f"{weights_dir}: no weights found (<name>.pt with <name>.json)")
     return found
 
 
-def load_all(
-    weights_dir: Path, names: list[str], default: str, device_arg: str
-) -> dict[str, Predictor]:
+def load_all(weights_dir: Path, names: list[str], default: str, device_arg: str) -> list[Predictor]:
+    """Every model version to serve, loaded, verified and warmed up."""
     device = select_device(device_arg)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    predictors = {}
+    loaded = []
     for path in discover(weights_dir, names):
-        predictors[path.stem] = Predictor.load(path, device)
+        predictor = Predictor.load(path, device)
+        loaded.append(predictor)
         log.info(
             "loaded %s (%s) on %s",
             path.name,
-            predictors[path.stem].metadata["sha256"][:12],
+            predictor.metadata["sha256"][:12],
             device_name(device),
         )
-    if default not in predictors:
+    if default not in {p.name for p in loaded}:
         raise WeightsError(
-            f"default model {default!r} is not among the loaded ones: {', '.join(predictors)}"
+            f"default model {default!r} is not among the loaded ones: "
+            f"{', '.join(sorted({p.name for p in loaded}))}"
         )
-    return predictors
+    return loaded

@@ -11,7 +11,8 @@ unchanged:
     GET  /v2/models/{name}[/versions/1]/config            Triton-style model configuration
     POST /v2/models/{name}[/versions/1]/infer             inference, JSON or binary tensors
 
-Each loaded model has one version, "1". It takes one input, `images`: grey levels 0-255 in
+A model has numbered versions (`cnn.pt` is version 1, `cnn.v2.pt` version 2; the plain
+paths serve the highest). It takes one input, `images`: grey levels 0-255 in
 MNIST polarity (0 = background, 255 = ink), FP32 or UINT8 (other integer and float types too),
 shaped [N, 1, 28, 28], [N, 28, 28] or [N, 784]. It gives two outputs: `probabilities`
 (FP32 [N, 10]) and `digit` (INT64 [N]). Errors are `{"error": "..."}` with 400 for bad input,
@@ -45,7 +46,6 @@ from service.preprocess import InputError
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (v2)"])
 
 SERVER_NAME = "mnist-serve"
-VERSION = "1"  # every loaded model is served as version "1"
 # "pytorch", not Triton's "pytorch_libtorch": the models are eager nn.Modules rebuilt from
 # state_dict weights and run by this Python process, not TorchScript files for libtorch.
 PLATFORM = "pytorch"
@@ -93,12 +93,15 @@ def _registry(request: Request) -> Registry:
 
 
 def _model(request: Request, name: str, version: str | None = None) -> Predictor:
-    predictor = _registry(request).get(name)  # 503 until loaded, 404 for an unknown name
-    if version is not None and version != VERSION:
-        raise InputError(
-            f"model {name!r} has no version {version!r}; available: {VERSION}", status_code=404
-        )
-    return predictor
+    """The latest version of `name`, or the one asked for (503 until loaded, else 404)."""
+    registry = _registry(request)
+    if version is None:
+        return registry.get(name)
+    return registry.get_version(name, version)
+
+
+def _versions(request: Request, name: str) -> list[str]:
+    return sorted(_registry(request).versions.get(name, {}), key=int)
 
 
 def _bad(message: str, status: int = 400) -> InputError:
@@ -109,11 +112,11 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _metadata(predictor: Predictor, max_batch: int) -> dict:
+def _metadata(predictor: Predictor, max_batch: int, versions: list[str]) -> dict:
     info = predictor.info()
     return {
         "name": predictor.name,
-        "versions": [VERSION],
+        "versions": versions,
         "platform": PLATFORM,
         "inputs": [{"name": INPUT, "datatype": "FP32", "shape": [-1, 1, SIDE, SIDE]}],
         "outputs": [
@@ -374,7 +377,7 @@ def _json_floats(values: np.ndarray) -> list[float]:
 
 
 def _answer(
-    parsed: InferRequest, probs: np.ndarray, model: str
+    parsed: InferRequest, probs: np.ndarray, model: str, version: str
 ) -> tuple[bytes, dict[str, str], str]:
     n = len(probs)
     tensors = {
@@ -397,7 +400,7 @@ def _answer(
             flat = tensor.ravel()
             out["data"] = _json_floats(flat) if flat.dtype.kind == "f" else flat.tolist()
         outputs.append(out)
-    answer: dict[str, Any] = {"model_name": model, "model_version": VERSION}
+    answer: dict[str, Any] = {"model_name": model, "model_version": version}
     if parsed.request_id is not None:
         answer["id"] = parsed.request_id
     answer["outputs"] = outputs
@@ -445,7 +448,9 @@ async def _infer(request: Request, predictor: Predictor) -> Response:
     # The model runs on the micro-batcher's thread (joined with concurrent REST and v2
     # requests; a full queue answers 503) or, with batching off, in the threadpool.
     probs = await _registry(request).infer(predictor, parsed.images)
-    content, headers, media_type = await run_in_threadpool(_answer, parsed, probs, predictor.name)
+    content, headers, media_type = await run_in_threadpool(
+        _answer, parsed, probs, predictor.name, predictor.version
+    )
     return Response(content, headers=headers, media_type=media_type)
 
 
@@ -491,12 +496,18 @@ INFER_DOC = dict(
 
 @router.get("/models/{name}", summary="Model metadata", responses=ERRORS)
 def model_metadata(request: Request, name: str) -> dict:
-    return _metadata(_model(request, name), request.app.state.settings.max_batch_size)
+    return _metadata(
+        _model(request, name), request.app.state.settings.max_batch_size, _versions(request, name)
+    )
 
 
 @router.get("/models/{name}/versions/{version}", summary="Model metadata", responses=ERRORS)
 def model_version_metadata(request: Request, name: str, version: str) -> dict:
-    return _metadata(_model(request, name, version), request.app.state.settings.max_batch_size)
+    return _metadata(
+        _model(request, name, version),
+        request.app.state.settings.max_batch_size,
+        _versions(request, name),
+    )
 
 
 @router.get("/models/{name}/ready", summary="Model ready", responses=ERRORS)

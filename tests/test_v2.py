@@ -641,3 +641,44 @@ def test_tritonclient_sees_the_errors(triton) -> None:
     with pytest.raises(InferenceServerException) as unknown:
         triton.get_model_metadata("nope")
     assert unknown.value.status() == "404"
+
+
+@pytest.mark.anyio
+async def test_numbered_versions_of_one_model(tmp_path, mnist_test) -> None:
+    # mlp.pt is version 1; mlp.v2.pt (here the cnn's weights) is version 2.
+    import shutil
+
+    for src, dst in (("mlp", "mlp"), ("cnn", "mlp.v2")):
+        shutil.copy(WEIGHTS_DIR / f"{src}.pt", tmp_path / f"{dst}.pt")
+        shutil.copy(WEIGHTS_DIR / f"{src}.json", tmp_path / f"{dst}.json")
+    app = create_app(Settings(weights_dir=tmp_path, device="cpu", model="mlp", models=["mlp"]))
+    images, labels = mnist_test
+    body = {
+        "inputs": [
+            {
+                "name": "images",
+                "datatype": "UINT8",
+                "shape": [2, 784],
+                "data": images[:2].ravel().tolist(),
+            }
+        ]
+    }
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            meta = (await c.get("/v2/models/mlp")).json()
+            assert meta["versions"] == ["1", "2"]
+            for path, version in (
+                ("/v2/models/mlp/infer", "2"),
+                ("/v2/models/mlp/versions/1/infer", "1"),
+                ("/v2/models/mlp/versions/2/infer", "2"),
+            ):
+                r = await c.post(path, json=body)
+                assert r.status_code == 200, r.text
+                assert r.json()["model_version"] == version
+                digits = next(o for o in r.json()["outputs"] if o["name"] == "digit")["data"]
+                assert digits == labels[:2].tolist()
+            missing = await c.get("/v2/models/mlp/versions/3")
+            assert missing.status_code == 404 and "available: 1, 2" in missing.json()["error"]
+            info = (await c.get("/model")).json()
+            assert info["version"] == "2" and info["architecture"] == "cnn"
