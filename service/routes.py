@@ -16,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from service.deps import ModelName, Registry, RegistryDep, SettingsDep
+from service.predictor import Predictor
 from service.preprocess import InputError, pixels_to_array, preprocess_upload
 from service.schemas import (
     BatchPixelsRequest,
@@ -151,6 +152,25 @@ def _prediction(probs: np.ndarray, model: str, image: np.ndarray | None) -> dict
     }
 
 
+async def _predict(
+    request: Request,
+    registry: Registry,
+    predictor: Predictor,
+    jobs: list[Callable[[], np.ndarray]],
+    batch: bool,
+    include_image: bool,
+) -> list[dict]:
+    """Preprocess in the threadpool, then the forward pass (joined with others when batching
+    is on): singles and batches take this one path."""
+    images = await run_in_threadpool(_prepare, jobs, batch)
+    request.state.model, request.state.images = predictor.name, len(images)
+    probs = await registry.infer(predictor, images)
+    return [
+        _prediction(p, predictor.name, img if include_image else None)
+        for p, img in zip(probs, images, strict=True)
+    ]
+
+
 def _json(content: dict) -> Response:
     # orjson straight to bytes: the response_model still documents the shape, but the answer
     # skips a second validation pass and the slower stdlib encoder.
@@ -186,10 +206,8 @@ async def predict(
     else:
         body = await _json_body(request, PixelsRequest)
         job = partial(pixels_to_array, body.pixels, body.normalize)
-    images = await run_in_threadpool(_prepare, [job], False)
-    request.state.model, request.state.images = predictor.name, len(images)
-    probs = await registry.infer(predictor, images)
-    return _json(_prediction(probs[0], predictor.name, images[0] if include_image else None))
+    (answer,) = await _predict(request, registry, predictor, [job], False, include_image)
+    return _json(answer)
 
 
 @router.post(
@@ -223,13 +241,7 @@ async def predict_batch(
             f"batch of {len(jobs)} images exceeds the limit of {settings.max_batch_size}",
             status_code=413,
         )
-    images = await run_in_threadpool(_prepare, jobs, True)
-    request.state.model, request.state.images = predictor.name, len(images)
-    probs = await registry.infer(predictor, images)
-    predictions = [
-        _prediction(p, predictor.name, img if include_image else None)
-        for p, img in zip(probs, images, strict=True)
-    ]
+    predictions = await _predict(request, registry, predictor, jobs, True, include_image)
     return _json({"predictions": predictions})
 
 
