@@ -123,7 +123,7 @@ def render(
     if failures:
         lines += ["## Failures", ""]
         for key, text in failures.items():
-            lines += [f"### {key}", "", "```", text.strip()[:3000], "```", ""]
+            lines += [f"### {key}", "", "```", text.strip()[:1500], "```", ""]
     return "\n".join(lines)
 
 

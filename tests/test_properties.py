@@ -277,6 +277,8 @@ def test_constant_wide_range_image_is_a_4xx(mode: str, value: float) -> None:
 
 
 def test_float_image_spanning_the_float32_range_gives_a_digit_or_a_4xx() -> None:
+    # Found by bench/fuzz_decode.py (atheris): max - min overflowed float32 in _high_bit_grey,
+    # and the infinities became NaN that _otsu could not bin (ValueError, HTTP 500).
     pixels = np.zeros((30, 40), np.float32)
     pixels[10:20, 25:28] = 3e38  # a stroke at the top of the range
     pixels[0, 0] = -3e38  # and one pixel at the bottom: max - min overflows float32
