@@ -11,7 +11,7 @@ requests and image uploads are generated with structure the loose schemas cannot
 (tensors, binary tails, real and damaged image files) and go through the same checks.
 
 `bench/fuzz_schema.py` reuses these helpers for a longer run; MNIST_FUZZ_EXAMPLES sets the
-examples per target here (default 20).
+examples per target here (default 15).
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ pytestmark = [
 ]
 
 MODEL = "mlp"  # the fastest model to load and run; the checks are about the HTTP contract
-EXAMPLES = int(os.environ.get("MNIST_FUZZ_EXAMPLES", "20"))
+EXAMPLES = int(os.environ.get("MNIST_FUZZ_EXAMPLES", "15"))
 # Small limits, so that generated bodies can reach them (413 is part of the contract too).
 LIMITS = dict(
     max_request_bytes=300_000,
