@@ -80,7 +80,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.registry = Registry()
     app.state.settings = settings
-    app.dependency_overrides[get_settings] = lambda: settings
     errors.install(app)
     app.include_router(routes.router)
     v2.install(app)

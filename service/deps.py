@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -9,8 +10,8 @@ import numpy as np
 from fastapi import Depends, Query, Request
 from starlette.concurrency import run_in_threadpool
 
-from service.batcher import MicroBatcher
-from service.config import Settings, get_settings
+from service.batcher import Arrival, MicroBatcher
+from service.config import Settings
 from service.predictor import Predictor
 from service.preprocess import InputError
 
@@ -57,21 +58,40 @@ class Registry:
             )
         return self.predictors[key]
 
-    async def infer(self, predictor: Predictor, images: np.ndarray) -> np.ndarray:
+    def arriving(self, predictor: Predictor) -> contextlib.AbstractContextManager[Arrival | None]:
+        """Around a request's reading and preparing: its model's batcher may wait for it."""
+        batcher = self.batchers.get(predictor.key)
+        return batcher.arriving() if batcher is not None else contextlib.nullcontext()
+
+    async def infer(
+        self, predictor: Predictor, images: np.ndarray, arrival: Arrival | None = None
+    ) -> np.ndarray:
         """Probabilities for preprocessed images: through the model's batcher when batching is
         on, else one forward pass of its own in the threadpool."""
         batcher = self.batchers.get(predictor.key)
         # A request that fills a pass by itself gains nothing from waiting for others.
         if batcher is not None and len(images) < batcher.max_batch:
-            return await batcher.submit(images)
+            return await batcher.submit(images, arrival)
+        if batcher is not None:
+            batcher.arrived(arrival)
         return await run_in_threadpool(predictor.predict, images)
 
 
-def get_registry(request: Request) -> Registry:
+# Both are `async def` although they never await: FastAPI runs a plain `def` dependency in the
+# threadpool, and those two hops per request cost more than the rest of a PNG prediction.
+
+
+async def get_registry(request: Request) -> Registry:
     return request.app.state.registry
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+async def get_app_settings(request: Request) -> Settings:
+    # The app's own settings object, not a dependency override: FastAPI re-inspects an
+    # override's signature on every request.
+    return request.app.state.settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 RegistryDep = Annotated[Registry, Depends(get_registry)]
 ModelName = Annotated[
     str | None, Query(description="which loaded model answers (default: the service's default)")

@@ -51,6 +51,8 @@ SERVER_NAME = "mnist-serve"
 PLATFORM = "pytorch"
 EXTENSIONS = ["binary_tensor_data", "model_configuration"]
 HEADER_LENGTH = "Inference-Header-Content-Length"
+# Bodies up to this size (a few images as JSON, dozens as binary) are parsed on the event loop.
+CHEAP_BODY_BYTES = 64 * 1024
 
 INPUT = "images"
 SIDE = 28
@@ -414,12 +416,12 @@ def _answer(
 
 
 @router.get("", summary="Server metadata")
-def server_metadata(request: Request) -> dict:
+async def server_metadata(request: Request) -> dict:
     return {"name": SERVER_NAME, "version": request.app.version, "extensions": EXTENSIONS}
 
 
 @router.get("/health/live", summary="Server live: the process answers")
-def server_live() -> dict:
+async def server_live() -> dict:
     return {"live": True}
 
 
@@ -428,7 +430,7 @@ def server_live() -> dict:
     summary="Server ready: every model loaded and warmed up",
     responses={503: {"description": "not ready"}},
 )
-def server_ready(request: Request) -> JSONResponse:
+async def server_ready(request: Request) -> JSONResponse:
     if not _registry(request).ready:
         return JSONResponse(
             {"ready": False, "error": "the models are not loaded yet"}, status_code=503
@@ -437,20 +439,27 @@ def server_ready(request: Request) -> JSONResponse:
 
 
 async def _infer(request: Request, predictor: Predictor) -> Response:
-    settings = request.app.state.settings
-    body = await request.body()
-    encoding = request.headers.get("content-encoding", "identity").strip().lower()
-    header_length = request.headers.get(HEADER_LENGTH)
-    # Decompressing, parsing and checking up to max_batch_size images is CPU work: off the loop.
-    if encoding != "identity":
-        body = await run_in_threadpool(_decompress, body, encoding, settings.max_request_bytes)
-    parsed = await run_in_threadpool(_parse_request, body, header_length, settings.max_batch_size)
-    # The model runs on the micro-batcher's thread (joined with concurrent REST and v2
-    # requests; a full queue answers 503) or, with batching off, in the threadpool.
-    probs = await _registry(request).infer(predictor, parsed.images)
-    content, headers, media_type = await run_in_threadpool(
-        _answer, parsed, probs, predictor.name, predictor.version
-    )
+    registry = _registry(request)
+    with registry.arriving(predictor) as arrival:
+        settings = request.app.state.settings
+        body = await request.body()
+        encoding = request.headers.get("content-encoding", "identity").strip().lower()
+        header_length = request.headers.get(HEADER_LENGTH)
+        # Decompressing, parsing and checking up to max_batch_size images is CPU work: off the
+        # loop, unless the body is small (a few images), where a thread hop costs more.
+        cheap = encoding == "identity" and len(body) <= CHEAP_BODY_BYTES
+        if encoding != "identity":
+            body = await run_in_threadpool(_decompress, body, encoding, settings.max_request_bytes)
+        args = (body, header_length, settings.max_batch_size)
+        parsed = _parse_request(*args) if cheap else await run_in_threadpool(_parse_request, *args)
+        # The model runs on the micro-batcher's thread (joined with concurrent REST and v2
+        # requests; a full queue answers 503) or, with batching off, in the threadpool.
+        probs = await registry.infer(predictor, parsed.images, arrival)
+    answer = (parsed, probs, predictor.name, predictor.version)
+    if cheap:
+        content, headers, media_type = _answer(*answer)
+    else:
+        content, headers, media_type = await run_in_threadpool(_answer, *answer)
     return Response(content, headers=headers, media_type=media_type)
 
 
@@ -495,14 +504,14 @@ INFER_DOC = dict(
 
 
 @router.get("/models/{name}", summary="Model metadata", responses=ERRORS)
-def model_metadata(request: Request, name: str) -> dict:
+async def model_metadata(request: Request, name: str) -> dict:
     return _metadata(
         _model(request, name), request.app.state.settings.max_batch_size, _versions(request, name)
     )
 
 
 @router.get("/models/{name}/versions/{version}", summary="Model metadata", responses=ERRORS)
-def model_version_metadata(request: Request, name: str, version: str) -> dict:
+async def model_version_metadata(request: Request, name: str, version: str) -> dict:
     return _metadata(
         _model(request, name, version),
         request.app.state.settings.max_batch_size,
@@ -511,17 +520,17 @@ def model_version_metadata(request: Request, name: str, version: str) -> dict:
 
 
 @router.get("/models/{name}/ready", summary="Model ready", responses=ERRORS)
-def model_ready(request: Request, name: str) -> dict:
+async def model_ready(request: Request, name: str) -> dict:
     return {"name": _model(request, name).name, "ready": True}
 
 
 @router.get("/models/{name}/versions/{version}/ready", summary="Model ready", responses=ERRORS)
-def model_version_ready(request: Request, name: str, version: str) -> dict:
+async def model_version_ready(request: Request, name: str, version: str) -> dict:
     return {"name": _model(request, name, version).name, "ready": True}
 
 
 @router.get("/models/{name}/config", summary="Model configuration (Triton)", responses=ERRORS)
-def model_config(request: Request, name: str) -> dict:
+async def model_config(request: Request, name: str) -> dict:
     return _config(_model(request, name), request.app.state.settings.max_batch_size)
 
 
@@ -530,7 +539,7 @@ def model_config(request: Request, name: str) -> dict:
     summary="Model configuration (Triton)",
     responses=ERRORS,
 )
-def model_version_config(request: Request, name: str, version: str) -> dict:
+async def model_version_config(request: Request, name: str, version: str) -> dict:
     return _config(_model(request, name, version), request.app.state.settings.max_batch_size)
 
 

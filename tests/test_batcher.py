@@ -52,12 +52,48 @@ async def test_a_full_batch_does_not_wait_for_the_delay(predictor, mnist_test):
     images = mnist_test[0][:8].astype(np.float32)
     batcher = started(predictor.predict, max_batch=8, max_delay_s=60)
     try:
-        rows = await asyncio.wait_for(
-            asyncio.gather(*(batcher.submit(images[i : i + 1]) for i in range(8))), timeout=10
-        )
+        with batcher.arriving():  # another request on its way: the collector would wait 60 s
+            rows = await asyncio.wait_for(
+                asyncio.gather(*(batcher.submit(images[i : i + 1]) for i in range(8))), timeout=10
+            )
     finally:
         await batcher.stop()
     assert len(rows) == 8 and batcher.sizes == [8]
+
+
+async def test_a_lone_request_on_an_idle_server_does_not_wait(predictor, mnist_test):
+    batcher = started(predictor.predict, max_delay_s=60)
+    try:
+        rows = await asyncio.wait_for(batcher.submit(mnist_test[0][:1]), timeout=10)
+    finally:
+        await batcher.stop()
+    assert rows.shape == (1, 10) and batcher.sizes == [1]
+
+
+async def test_the_collector_waits_for_a_request_on_its_way(predictor, mnist_test):
+    images = mnist_test[0][:2].astype(np.float32)
+    batcher = started(predictor.predict, max_delay_s=60)
+    try:
+        with batcher.arriving() as arrival:
+            first = asyncio.create_task(batcher.submit(images[:1]))
+            await asyncio.sleep(0.05)  # the collector is holding the first one back
+            assert not first.done()
+            second = await asyncio.wait_for(batcher.submit(images[1:], arrival), timeout=10)
+        rows = np.concatenate([await first, second])
+    finally:
+        await batcher.stop()
+    assert batcher.sizes == [2]
+    np.testing.assert_allclose(rows, predictor.predict(images), atol=1e-6)
+
+
+async def test_waiting_for_arrivals_is_bounded_by_the_delay(predictor, mnist_test):
+    batcher = started(predictor.predict, max_delay_s=0.05)
+    try:
+        with batcher.arriving():  # a request that never comes
+            rows = await asyncio.wait_for(batcher.submit(mnist_test[0][:1]), timeout=10)
+    finally:
+        await batcher.stop()
+    assert rows.shape == (1, 10) and batcher.sizes == [1]
 
 
 async def test_a_request_larger_than_the_batch_runs_alone(predictor, mnist_test):

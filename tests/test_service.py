@@ -328,16 +328,20 @@ async def test_full_batching_queue_answers_503_with_retry_after(mnist_test) -> N
     )
     app = create_app(settings)
     async with LifespanManager(app) as manager:
+        batcher = next(iter(app.state.registry.batchers.values()))
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
-            body = {"pixels": mnist_test[0][0].tolist()}
-            first, second = await asyncio.gather(
-                c.post("/predict", json=body), c.post("/predict", json=body)
-            )
-    statuses = sorted([first.status_code, second.status_code])
-    assert statuses == [200, 503]
-    busy = first if first.status_code == 503 else second
+            # One image queued while another request is still on its way: the collector
+            # waits (up to 300 ms) for that one, so the queue of 1 is full meanwhile.
+            with batcher.arriving():
+                queued = asyncio.create_task(batcher.submit(mnist_test[0][:1]))
+                await asyncio.sleep(0)
+                busy = await c.post("/predict", json={"pixels": mnist_test[0][0].tolist()})
+            assert (await queued).shape == (1, 10)
+            after = await c.post("/predict", json={"pixels": mnist_test[0][0].tolist()})
+    assert busy.status_code == 503
     assert busy.headers["retry-after"] == "1" and "busy" in busy.json()["error"]
+    assert after.status_code == 200
 
 
 def metric(text: str, name: str, **labels: str) -> float:
