@@ -3,8 +3,10 @@
     python bench/infer_cpu.py --threads 1 --models cnn mlp rnn
 
 Variants: eager (baseline), BatchNorm folded into the convolutions, channels_last, both (what
-the service runs on the CPU: `service.predictor.inference_model`), int8 dynamic quantisation
-of the Linear/LSTM layers, and torch.compile. Each is checked for accuracy on the whole MNIST
+the service ran on the CPU before int8: `service.predictor.inference_model`), int8 dynamic
+quantisation of the Linear/LSTM layers, int8 static quantisation calibrated on training images
+(what the service runs on the CPU: weights/int8, made by `python -m training.quantize`), and
+torch.compile. Each is checked for accuracy on the whole MNIST
 test set first, and timed as the median of interleaved repeats (so background load hits every
 variant alike), in images/s.
 """
@@ -26,10 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from service.predictor import inference_model
 from training.checkpoint import load_weights
 from training.data import load_split
+from training.quantize import int8_path, load_int8
 from training.models import normalize
 
 
-def variants(model: torch.nn.Module, arch: str) -> dict[str, Callable]:
+def variants(model: torch.nn.Module, arch: str, weights: Path, meta: dict) -> dict[str, Callable]:
     out: dict[str, Callable] = {"eager": model}
     fused = inference_model(copy.deepcopy(model), torch.device("cuda"))  # folding only
     out["BN folded"] = fused
@@ -44,6 +47,13 @@ def variants(model: torch.nn.Module, arch: str) -> dict[str, Callable]:
     out["int8 dynamic (Linear/LSTM)"] = torch.ao.quantization.quantize_dynamic(
         copy.deepcopy(fused), layers, dtype=torch.qint8
     )
+    if int8_path(weights).is_file():
+        static = load_int8(weights, copy.deepcopy(model), meta)
+        out["int8 static, calibrated (service: weights/int8)"] = static
+        if arch in ("cnn", "fastcnn"):
+            out["int8 static + channels_last input"] = lambda x: static(
+                x.contiguous(memory_format=torch.channels_last)
+            )
     try:
         compiled = torch.compile(copy.deepcopy(fused))
         compiled(torch.zeros(2, 1, 28, 28))
@@ -70,8 +80,9 @@ def main() -> None:
     print(f"torch {torch.__version__}, {args.threads} thread(s)")
     rows = []
     for stem in args.models:
-        model, meta = load_weights(Path("weights") / f"{stem}.pt")
-        for name, fn in variants(model, meta["architecture"]["name"]).items():
+        weights = Path("weights") / f"{stem}.pt"
+        model, meta = load_weights(weights)
+        for name, fn in variants(model, meta["architecture"]["name"], weights, meta).items():
             preds = torch.cat([fn(x_all[i : i + 1000]).argmax(1) for i in range(0, 10000, 1000)])
             acc = (preds == y_all).float().mean().item()
             rows.append({"model": stem, "variant": name, "acc": acc, "fn": fn, "times": {}})

@@ -40,7 +40,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         registry: Registry = app.state.registry
         try:
             loaded = load_all(
-                settings.weights_dir, settings.models, settings.model, settings.device
+                settings.weights_dir,
+                settings.models,
+                settings.model,
+                settings.device,
+                settings.int8,
             )
         except (WeightsError, ValueError) as exc:
             log.error("cannot start: %s", exc)

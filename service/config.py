@@ -23,6 +23,11 @@ class Settings(BaseSettings):
     )
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
     torch_threads: int = Field(0, ge=0, description="CPU threads per worker (0: torch's default)")
+    int8: bool = Field(
+        True,
+        description="on the CPU, serve weights/int8/<name>.pt (python -m training.quantize) in "
+        "place of the float model when present",
+    )
 
     max_upload_bytes: int = Field(5 * 1024 * 1024, ge=1, description="bytes per image file")
     max_request_bytes: int = Field(

@@ -14,6 +14,7 @@ from service.preprocess import to_model_input
 from service.telemetry import observe_inference
 from training.checkpoint import WeightsError, load_weights
 from training.device import device_name, select_device
+from training.quantize import StaleInt8Error, int8_path, load_int8
 
 log = logging.getLogger("service")
 
@@ -26,8 +27,8 @@ def inference_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Mo
     - On the CPU, conv models run channels-last, the layout oneDNN's kernels want: with the
       folding, 1.4-1.7x the images/s of the plain model on one core. On CUDA, small batches
       are launch-bound and plain NCHW fp32 was fastest (bench/infer_gpu.py).
-    Not kept: int8 dynamic quantisation (2.2x for the MLP only, and deprecated in torch 2.14 in
-    favour of torchao) and torch.compile (no gain over this, and a long warm-up).
+    Not kept: torch.compile (no gain over this, and a long warm-up). int8 is a separate artifact
+    (training/quantize.py), calibrated on training images, that `Predictor.load` serves instead.
     """
     model.eval()
     if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
@@ -53,22 +54,33 @@ class Predictor:
     device: torch.device
     weights_path: Path
     version: str = "1"
+    quantized: bool = False  # int8 weights from weights/int8/ (CPU only)
+    channels_last: bool = False  # conv models on the CPU take NHWC input (float and int8)
     loaded_at: float = field(default_factory=time.time)
 
     @property
     def key(self) -> str:
         return f"{self.name}@{self.version}"
 
-    @property
-    def channels_last(self) -> bool:
-        return self.device.type == "cpu" and _has_conv(self.model)
-
     @classmethod
-    def load(cls, weights_path: Path, device: torch.device) -> Predictor:
+    def load(cls, weights_path: Path, device: torch.device, int8: bool = False) -> Predictor:
+        """Load, verify and warm up; with `int8` on the CPU, serve weights/int8/<name>.pt in
+        place of the float model when it exists (made from these very weights)."""
         model, metadata = load_weights(weights_path, device)
-        model = inference_model(model, device)
         name, version = parse_stem(weights_path.stem)
-        predictor = cls(name, model, metadata, device, weights_path, version)
+        channels_last = device.type == "cpu" and _has_conv(model)
+        quantized = int8 and device.type == "cpu" and int8_path(weights_path).is_file()
+        if quantized:
+            try:
+                model = load_int8(weights_path, model, metadata)
+            except StaleInt8Error as exc:
+                log.warning("%s; serving float32", exc)
+                quantized = False
+        if not quantized:
+            model = inference_model(model, device)
+        predictor = cls(
+            name, model, metadata, device, weights_path, version, quantized, channels_last
+        )
         predictor.predict(np.zeros((1, 28, 28), dtype=np.float32))  # warm-up: first call is slow
         return predictor
 
@@ -108,7 +120,9 @@ class Predictor:
             "trained_on": meta.get("device"),
             "device": self.device.type,
             "device_name": device_name(self.device),
-            "dtype": str(next(self.model.parameters()).dtype).removeprefix("torch."),
+            "dtype": "int8"
+            if self.quantized
+            else str(next(self.model.parameters()).dtype).removeprefix("torch."),
             "torch_version": torch.__version__,
         }
 
@@ -136,20 +150,23 @@ def discover(weights_dir: Path, names: list[str]) -> list[Path]:
     return found
 
 
-def load_all(weights_dir: Path, names: list[str], default: str, device_arg: str) -> list[Predictor]:
+def load_all(
+    weights_dir: Path, names: list[str], default: str, device_arg: str, int8: bool = False
+) -> list[Predictor]:
     """Every model version to serve, loaded, verified and warmed up."""
     device = select_device(device_arg)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     loaded = []
     for path in discover(weights_dir, names):
-        predictor = Predictor.load(path, device)
+        predictor = Predictor.load(path, device, int8)
         loaded.append(predictor)
         log.info(
-            "loaded %s (%s) on %s",
+            "loaded %s (%s) on %s%s",
             path.name,
             predictor.metadata["sha256"][:12],
             device_name(device),
+            ", int8" if predictor.quantized else "",
         )
     if default not in {p.name for p in loaded}:
         raise WeightsError(
