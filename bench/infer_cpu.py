@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from service.predictor import inference_model
 from training.checkpoint import load_weights
 from training.data import load_split
-from training.quantize import int8_path, load_int8
 from training.models import normalize
+from training.quantize import int8_path, load_int8
 
 
 def variants(model: torch.nn.Module, arch: str, weights: Path, meta: dict) -> dict[str, Callable]:

@@ -11,7 +11,6 @@ from fastapi import Depends, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from service.batcher import Arrival, MicroBatcher
-from service.config import Settings
 from service.predictor import Predictor
 from service.preprocess import InputError
 
@@ -77,21 +76,14 @@ class Registry:
         return await run_in_threadpool(predictor.predict, images)
 
 
-# Both are `async def` although they never await: FastAPI runs a plain `def` dependency in the
-# threadpool, and those two hops per request cost more than the rest of a PNG prediction.
+# `async def` although it never awaits: FastAPI runs a plain `def` dependency in the
+# threadpool, and that hop per request cost more than the rest of a PNG prediction.
 
 
 async def get_registry(request: Request) -> Registry:
     return request.app.state.registry
 
 
-async def get_app_settings(request: Request) -> Settings:
-    # The app's own settings object, not a dependency override: FastAPI re-inspects an
-    # override's signature on every request.
-    return request.app.state.settings
-
-
-SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 RegistryDep = Annotated[Registry, Depends(get_registry)]
 ModelName = Annotated[
     str | None, Query(description="which loaded model answers (default: the service's default)")

@@ -6,11 +6,11 @@ PROMETHEUS_MULTIPROC_DIR so that /metrics, whichever worker answers, sums all of
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
 
+import orjson
 from fastapi import APIRouter, FastAPI, Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -137,7 +137,7 @@ class RequestTelemetry:
             count_error(status)
         if access_log.isEnabledFor(logging.INFO):
             access_log.info(
-                json.dumps(
+                orjson.dumps(
                     {
                         "method": scope["method"],
                         "path": scope["path"],
@@ -147,7 +147,7 @@ class RequestTelemetry:
                         "images": state.get("images"),
                         "client": (scope.get("client") or ("", 0))[0],
                     }
-                )
+                ).decode()
             )
 
 
