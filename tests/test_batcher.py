@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import numpy as np
 import pytest
@@ -157,3 +158,23 @@ async def test_cancelled_requests_are_skipped(predictor, mnist_test):
         await batcher.stop()
     np.testing.assert_allclose(rows, predictor.predict(images[1:3]), atol=1e-6)
     assert batcher.sizes == [2]
+
+
+async def test_idle_passes_run_on_the_loop_and_busy_ones_on_the_inference_thread(
+    predictor, mnist_test
+):
+    threads: list[str] = []
+
+    def predict(images: np.ndarray) -> np.ndarray:
+        threads.append(threading.current_thread().name)
+        return predictor.predict(images)
+
+    images = mnist_test[0][:8].astype(np.float32)
+    batcher = started(predict)
+    try:
+        await batcher.submit(images[:1])  # alone on an idle server
+        await asyncio.gather(*(batcher.submit(images[i : i + 1]) for i in range(8)))
+    finally:
+        await batcher.stop()
+    assert threads[0] == threading.current_thread().name
+    assert threads[1].startswith("infer-") and batcher.sizes[1] == 8
