@@ -75,6 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             telemetry.MODEL_READY.labels(name).set(1)
             telemetry.DEVICE.labels(predictor.device.type, device_name(predictor.device)).set(1)
         yield
+        gc.unfreeze()  # collectable again once this app is gone (tests build many apps)
         registry.ready = False
         for name in registry.predictors:
             telemetry.MODEL_READY.labels(name).set(0)
