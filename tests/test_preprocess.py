@@ -23,6 +23,7 @@ from service.preprocess import (
     as_mnist_digit,
     decode_image,
     image_to_mnist,
+    pixel_batch_to_array,
     pixels_to_array,
     preprocess_upload,
     to_model_input,
@@ -507,6 +508,51 @@ def test_pixels_can_run_the_upload_pipeline(seven: np.ndarray) -> None:
     assert normalised.dtype == np.float32
     assert_mnist_like(normalised.astype(np.uint8))
     assert similarity(normalised, seven) > 0.8
+
+
+def test_a_uniform_batch_is_checked_in_one_pass(mnist_test: tuple[np.ndarray, ...]) -> None:
+    images = mnist_test[0][:16]
+    one_by_one = np.stack([pixels_to_array(im.tolist()) for im in images])
+    np.testing.assert_array_equal(pixel_batch_to_array([im.tolist() for im in images]), one_by_one)
+    flat = [im.ravel().tolist() for im in images]
+    np.testing.assert_array_equal(pixel_batch_to_array(flat), one_by_one)
+
+
+def _spoiled(index: int, change: Callable[[list], object]) -> list:
+    batch = [np.full((28, 28), 9).tolist() for _ in range(4)]
+    batch[index] = change(batch[index])
+    return batch
+
+
+def _set(value: object) -> Callable[[list], list]:
+    def change(image: list) -> list:
+        image[3][3] = value
+        return image
+
+    return change
+
+
+@pytest.mark.parametrize(
+    "batch",
+    [
+        pytest.param(_spoiled(2, _set(True)), id="boolean"),
+        pytest.param(_spoiled(2, _set("7")), id="string"),
+        pytest.param(_spoiled(2, _set(None)), id="null"),
+        pytest.param(_spoiled(2, _set(256)), id="over-255"),
+        pytest.param(_spoiled(2, _set(-1)), id="negative"),
+        pytest.param(_spoiled(2, _set(float("nan"))), id="nan"),
+        pytest.param(_spoiled(2, _set(10**400)), id="huge-integer"),
+        pytest.param(_spoiled(2, lambda im: im[:27]), id="27-rows"),
+        pytest.param(_spoiled(2, lambda im: [*im[:27], im[27][:27]]), id="short-row"),
+        pytest.param(_spoiled(2, lambda im: [v for row in im for v in row]), id="mixed-layouts"),
+        pytest.param(_spoiled(0, lambda im: [v for row in im for v in row]), id="mixed-layouts-flat-first"),
+        pytest.param([], id="empty"),
+        pytest.param([[]], id="empty-image"),
+        pytest.param([{"pixels": 1}], id="object"),
+    ],
+)
+def test_a_batch_with_anything_wrong_is_left_to_the_per_image_checks(batch: list) -> None:
+    assert pixel_batch_to_array(batch) is None
 
 
 # --------------------------------------------------------------------------- model input
