@@ -545,7 +545,7 @@ def _set(value: object) -> Callable[[list], list]:
         pytest.param(_spoiled(2, lambda im: im[:27]), id="27-rows"),
         pytest.param(_spoiled(2, lambda im: [*im[:27], im[27][:27]]), id="short-row"),
         pytest.param(_spoiled(2, lambda im: [v for row in im for v in row]), id="mixed-layouts"),
-        pytest.param(_spoiled(0, lambda im: [v for row in im for v in row]), id="mixed-layouts-flat-first"),
+        pytest.param(_spoiled(0, lambda im: [v for row in im for v in row]), id="flat-first"),
         pytest.param([], id="empty"),
         pytest.param([[]], id="empty-image"),
         pytest.param([{"pixels": 1}], id="object"),
