@@ -44,6 +44,7 @@ from service import preprocess  # noqa: E402
 from service.preprocess import InputError, preprocess_upload, to_model_input  # noqa: E402
 from training.checkpoint import load_weights  # noqa: E402
 from training.data import load_split  # noqa: E402
+from training.quantize import load_int8  # noqa: E402
 
 MAX_PIXELS = 20_000_000
 SEED = 20240607
@@ -341,6 +342,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="also run the thick and thin families with stroke-width normalisation off",
     )
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="use the int8 weights the service runs on the CPU (weights/int8/, same stem)",
+    )
     p.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "upload_accuracy.md")
     return p.parse_args(argv)
@@ -356,6 +362,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.limit:
         images, labels = images[: args.limit], labels[: args.limit]
     model, meta = load_weights(args.weights)
+    if args.int8:  # what the service runs on the CPU
+        model = load_int8(args.weights, model, meta)
     results = {}
     for name in args.families:
         results[name] = run_family(name, images, labels, model)
@@ -370,7 +378,8 @@ def main(argv: list[str] | None = None) -> int:
         f"- command: `{command.strip()}`\n"
         f"- date: {dt.datetime.now().isoformat(timespec='seconds')}\n"
         f"- machine: {machine()}; preprocessing timed on 1 thread\n"
-        f"- weights: `{args.weights}` ({meta.get('architecture', {}).get('name', '?')})\n"
+        f"- weights: `{args.weights}` ({meta.get('architecture', {}).get('name', '?')}"
+        f"{'; the int8 weights from weights/int8/' if args.int8 else ''})\n"
         f"- images: the first {len(images)} MNIST test images per family, deterministic "
         f"(seed {SEED})\n\n"
     )
