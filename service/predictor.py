@@ -14,7 +14,7 @@ from service.preprocess import to_model_input
 from service.telemetry import observe_inference
 from training.checkpoint import WeightsError, load_weights
 from training.device import device_name, select_device
-from training.quantize import StaleInt8Error, int8_path, load_int8
+from training.quantize import Int8UnavailableError, StaleInt8Error, int8_path, load_int8
 
 log = logging.getLogger("service")
 
@@ -73,7 +73,7 @@ class Predictor:
         if quantized:
             try:
                 model = load_int8(weights_path, model, metadata)
-            except StaleInt8Error as exc:
+            except (StaleInt8Error, Int8UnavailableError) as exc:
                 log.warning("%s; serving float32", exc)
                 quantized = False
         if not quantized:

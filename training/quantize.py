@@ -41,13 +41,21 @@ CALIBRATION_IMAGES = 2048
 MAX_ACCURACY_DROP = 0.001
 
 
+class Int8UnavailableError(WeightsError):
+    """This torch no longer ships the FX quantisation path."""
+
+
 def _fx() -> tuple:
-    # torch.ao.quantization is in maintenance (its successor, torchao, is not part of torch);
-    # the FX path still ships in torch 2.14 and is what its x86 int8 kernels are reached by.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning))
-        from torch.ao.quantization import get_default_qconfig_mapping
-        from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+    # torch.ao.quantization is deprecated in favour of torchao (not part of torch); the FX path
+    # still ships in torch 2.14 and is what reaches its x86 int8 kernels. Should a later torch
+    # drop it, the service serves float32 (Int8UnavailableError) instead of failing to start.
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning))
+            from torch.ao.quantization import get_default_qconfig_mapping
+            from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+    except ImportError as exc:
+        raise Int8UnavailableError(f"int8 needs torch.ao.quantization ({exc})") from exc
     return get_default_qconfig_mapping, prepare_fx, convert_fx
 
 
