@@ -11,8 +11,8 @@ test accuracy of both. The service serves it in place of the float model on the 
 MNIST_INT8, on by default) only if that base SHA-256 matches the float weights it loaded: after
 retraining, it serves float32 (with a warning) until this script is run again.
 
-Why: one CPU core runs the cnn at ~2,100 images/s in float32 and ~6,500 in int8 (passes of 32+,
-bench/infer_cpu.py), for 0.01 points of test accuracy. Single images are not faster.
+Why: one CPU core runs the cnn at ~2,000 images/s in float32 and 5,700-8,400 in int8 (passes of
+32 and more, bench/infer_cpu.py), for 0.01 points of test accuracy. Single images gain little.
 """
 
 from __future__ import annotations
