@@ -93,21 +93,21 @@ class Predictor:
         """
         with torch.inference_mode():
             for size in range(1, max_batch + 1):
-                batch = to_model_input(np.zeros((size, 28, 28), dtype=np.uint8))
-                if self.channels_last:
-                    batch = batch.contiguous(memory_format=torch.channels_last)
-                self.model(batch.to(self.device))
+                self.model(self._model_input(np.zeros((size, 28, 28), dtype=np.uint8)))
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+    def _model_input(self, images: np.ndarray) -> torch.Tensor:
+        batch = to_model_input(images).to(self.device, non_blocking=True)
+        if self.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return batch
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """Class probabilities, shape (N, 10), float64 rows summing to 1."""
         start = time.perf_counter()
-        batch = to_model_input(images).to(self.device, non_blocking=True)
-        if self.channels_last:
-            batch = batch.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
-            logits = self.model(batch)
+            logits = self.model(self._model_input(images))
         # float64 softmax on the CPU: the ten numbers returned sum to 1 to the last digit.
         probs = torch.softmax(logits.double().cpu(), dim=1).numpy()
         observe_inference(

@@ -238,11 +238,7 @@ def _composite(rgba: np.ndarray) -> np.ndarray:
 
 def image_to_mnist(img: Image.Image) -> np.ndarray:
     """Any decoded image -> (28, 28) uint8 digit in MNIST polarity (0 background, 255 ink)."""
-    if img.mode == "L" and img.size == (IMAGE_SIZE, IMAGE_SIZE):
-        digit = as_mnist_digit(np.asarray(img))  # the common MNIST-form upload: no float copy
-        if digit is not None:
-            return digit
-    return _grey_to_mnist(_to_grey(img))
+    return _grey_to_mnist(_to_grey(img))  # step 0 (`as_mnist_digit`) included
 
 
 def preprocess_upload(data: bytes, max_pixels: int) -> np.ndarray:

@@ -195,7 +195,7 @@ async def _predict(
     here on the event loop: a thread hop costs more than their ~0.1 ms of work. The rest goes to
     the threadpool so that a large photo never stalls other requests."""
     if cheap:
-        images = _prepare(jobs, batch)
+        images = _prepare(jobs, batch, whole)
     else:
         images = await run_in_threadpool(_prepare, jobs, batch, whole)
     request.state.model, request.state.images = predictor.name, len(images)

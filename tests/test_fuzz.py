@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import re
-import struct
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -52,6 +51,7 @@ from service.app import create_app
 from service.config import Settings
 from tests.conftest import WEIGHTS_DIR
 from tests.test_properties import SIGNATURES, count_event, encoded_images, pixel_arrays
+from tests.uploads import png_header_bomb
 
 pytestmark = [
     pytest.mark.slow,
@@ -539,18 +539,7 @@ def test_generated_requests(schema: schemathesis.BaseSchema, generator: Generato
 
 
 def test_png_header_bomb_over_http(schema: schemathesis.BaseSchema) -> None:
-    ihdr = struct.pack(">IIBBBBB", 50_000, 50_000, 8, 0, 0, 0, 0)
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        crc = zlib.crc32(kind + body) & 0xFFFFFFFF
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
-
-    png = (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(b""))
-        + chunk(b"IEND", b"")
-    )
+    png = png_header_bomb(50_000, 50_000)
     case = schema["/predict"]["POST"].Case(body={"file": png}, media_type="multipart/form-data")
     outcome = Outcome()
     response = validate(case, outcome, "POST /predict [header bomb]", CHECKS)

@@ -7,9 +7,7 @@ format the service accepts; the last test measures accuracy on realistic uploads
 from __future__ import annotations
 
 import io
-import struct
 import time
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,6 +26,7 @@ from service.preprocess import (
     preprocess_upload,
     to_model_input,
 )
+from tests.uploads import png_header_bomb
 from training.models import normalize
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -394,26 +393,11 @@ def test_unreadable_bytes_are_rejected(data: bytes, fragment: str) -> None:
     assert err.value.status_code == 422 and fragment in err.value.message
 
 
-def png_chunk(kind: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-
-def bomb_png(width: int, height: int) -> bytes:
-    """A 100-byte PNG whose header claims width x height 8-bit grey pixels."""
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + png_chunk(b"IHDR", header)
-        + png_chunk(b"IDAT", zlib.compress(b"\x00" * 64))
-        + png_chunk(b"IEND", b"")
-    )
-
-
 @pytest.mark.parametrize(
     ("data", "max_pixels"),
     [
-        (bomb_png(100_000, 100_000), LIMIT),  # beyond Pillow's own bomb limit as well
-        (bomb_png(5_000, 3_000), LIMIT),  # under Pillow's limit, over ours
+        (png_header_bomb(100_000, 100_000), LIMIT),  # beyond Pillow's own bomb limit as well
+        (png_header_bomb(5_000, 3_000), LIMIT),  # under Pillow's limit, over ours
         (encode(Image.new("L", (4000, 4000), 255), "PNG"), 1_000_000),  # real, sparse, 30 kB
     ],
     ids=["crafted-huge", "crafted-over-limit", "real-sparse"],

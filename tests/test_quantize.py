@@ -15,6 +15,7 @@ import torch
 from service.predictor import Predictor
 from tests.conftest import WEIGHTS_DIR
 from training.checkpoint import WeightsError, load_weights, save_weights
+from training.models import normalize
 from training.quantize import int8_path, main, quantize
 
 CPU = torch.device("cpu")
@@ -53,9 +54,9 @@ def test_quantize_calibrates_on_real_images(mnist_dir: Path, mnist_test) -> None
     model, _ = load_weights(WEIGHTS_DIR / "cnn.pt")
     int8 = quantize(model, train_images[:256])
     images, labels = mnist_test[0][:1000], mnist_test[1][:1000]
-    x = (torch.from_numpy(images).float() / 255 - 0.1307) / 0.3081
     with torch.inference_mode():
-        accuracy = (int8(x.unsqueeze(1)).argmax(1).numpy() == labels).mean()
+        x = normalize(torch.from_numpy(images)).unsqueeze(1)
+        accuracy = (int8(x).argmax(1).numpy() == labels).mean()
     assert accuracy >= 0.99
 
 

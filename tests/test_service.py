@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import struct
-import zlib
 from collections.abc import AsyncIterator
 
 import httpx
@@ -16,7 +14,7 @@ from PIL import Image
 from service.app import create_app
 from service.config import Settings
 from tests.conftest import WEIGHTS_DIR
-from tests.uploads import canvas, encode, paper
+from tests.uploads import canvas, encode, paper, png_header_bomb
 from training.checkpoint import load_weights
 from training.models import normalize
 
@@ -42,26 +40,6 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
             yield c
-
-
-def png_header_bomb(width: int, height: int) -> bytes:
-    """A PNG whose header claims a huge image, with a tiny (invalid) body."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(data))
-            + kind
-            + data
-            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-        )
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-        + chunk(b"IEND", b"")
-    )
 
 
 def assert_prediction(body: dict) -> None:

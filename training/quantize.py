@@ -154,7 +154,6 @@ def main(argv: list[str] | None = None) -> int:
         help="first N training images used to calibrate the activation ranges",
     )
     args = parser.parse_args(argv)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     data_dir = args.data_dir or default_data_dir()
     weights_path = args.weights_dir / f"{args.model}.pt"
     float_model, float_meta = load_weights(weights_path)
