@@ -5,11 +5,12 @@
 
 For each mode (batching off, then on) it starts `python -m service` on 127.0.0.1, warms it up,
 and drives it with wrk (one wrk thread, so the load generator takes little of the cores it
-measures) for a bounded time per step: PNG upload to /predict, JSON pixels to /predict, and a
-256-image JSON /predict/batch and 256 uint8 images through /v2/models/<name>/infer with the
-binary tensor extension, at 1, 8 and 64 connections. It prints one table with requests/s,
-images/s, p50/p90/p99 latency and errors, and the on/off ratio, and writes it with the machine,
-date and commit to a markdown file.
+measures) for a bounded time per step: PNG upload to /predict, JSON pixels to /predict, a
+256-image /predict/batch as JSON and as a .npy body, and 256 uint8 images through
+/v2/models/<name>/infer with the binary tensor extension, at 1, 8 and 64 connections. It prints
+one table with requests/s, images/s, p50/p90/p99 latency and errors, and the on/off ratio, and
+writes it with the machine (CPU and its int8-relevant extensions), date and commit to a
+markdown file.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.machine import describe_cpu  # noqa: E402
 from training.data import load_split  # noqa: E402
 
 LUA = """
@@ -72,6 +74,8 @@ def scenarios(digits: np.ndarray) -> list[Scenario]:
     )
     single = json.dumps({"pixels": digits[0].tolist()}).encode()
     batch = json.dumps({"images": [d.tolist() for d in digits[:256]]}).encode()
+    npy = io.BytesIO()
+    np.save(npy, np.ascontiguousarray(digits[:256], dtype=np.uint8))
     # Open Inference Protocol with the binary tensor extension: 256 uint8 images as raw bytes
     # after a small JSON header, the fast input path for batches (no JSON numbers to parse).
     pixels = np.ascontiguousarray(digits[:256], dtype=np.uint8).tobytes()
@@ -94,6 +98,9 @@ def scenarios(digits: np.ndarray) -> list[Scenario]:
         ),
         Scenario("JSON /predict", "/predict", single, "application/json", 1),
         Scenario("JSON /predict/batch x256", "/predict/batch", batch, "application/json", 256),
+        Scenario(
+            "npy /predict/batch x256", "/predict/batch", npy.getvalue(), "application/x-npy", 256
+        ),
         Scenario(
             "v2 binary infer x256",
             "/v2/models/{model}/infer",
@@ -221,6 +228,9 @@ def main() -> None:
     parser.add_argument("--connections", default="1,8,64", help="comma-separated")
     parser.add_argument("--models", default="cnn", help="comma-separated models to drive")
     parser.add_argument(
+        "--only", default="", help="run only the endpoints whose name contains this (e.g. npy)"
+    )
+    parser.add_argument(
         "--wrk-threads",
         type=int,
         default=1,
@@ -232,6 +242,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "serve-cpu.md")
     args = parser.parse_args()
     digits, _ = load_split(Path(args.data_dir), "test")
+    chosen = [s for s in scenarios(digits) if args.only.lower() in s.name.lower()]
     connections = [int(c) for c in args.connections.split(",")]
     models = args.models.split(",")
     results: dict[tuple[str, str, int, bool], dict] = {}
@@ -240,7 +251,7 @@ def main() -> None:
             proc, base = start_service(batching, args.workers, args.device, models)
             try:
                 for model in models:
-                    for scenario in scenarios(digits):
+                    for scenario in chosen:
                         m = model
                         run_wrk(base, scenario, 8, 1, Path(tmp), args.wrk_threads, m)  # warm-up
                         for c in connections:
@@ -270,8 +281,7 @@ def main() -> None:
         f"`python bench/serve_bench.py --duration {args.duration} --workers {args.workers} "
         f"--device {args.device} --models {args.models} --wrk-threads {args.wrk_threads}`",
         "",
-        f"- machine: {platform.node()}, {os.cpu_count()} CPUs, {platform.processor() or ''} "
-        f"{platform.machine()}",
+        f"- machine: {platform.node()}, {describe_cpu()}",
         f"- date: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC",
         f"- commit: {commit}; {args.workers} uvicorn workers; wrk -t{args.wrk_threads}, "
         f"{args.duration} s per step",
@@ -281,7 +291,7 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for model in models:
-        for scenario in scenarios(digits):
+        for scenario in chosen:
             for c in connections:
                 off = results[(model, scenario.name, c, False)]
                 on = results[(model, scenario.name, c, True)]

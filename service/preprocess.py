@@ -25,6 +25,8 @@ from __future__ import annotations
 import contextlib
 import io
 import itertools
+import math
+import tokenize
 import warnings
 from collections.abc import Iterator
 
@@ -603,6 +605,53 @@ def pixel_batch_to_array(batch: list) -> np.ndarray | None:
     if not (np.isfinite(arr).all() and arr.min() >= 0 and arr.max() <= 255):
         return None
     return arr.reshape(len(batch), side, side).astype(np.float32)
+
+
+def read_npy(body: bytes) -> np.ndarray:
+    """A `.npy` body (what `numpy.save` writes) -> the array it holds, without copying it.
+
+    The header is read with numpy's own format functions and checked before any data is
+    touched: only numbers (no objects, so no pickles), and exactly as many data bytes as the
+    header's shape needs, so a forged shape cannot make the service allocate. The values and
+    the shape are checked by the caller, as for JSON pixel arrays.
+    """
+    stream = io.BytesIO(body)
+    try:
+        version = np.lib.format.read_magic(stream)
+        read_header = {
+            (1, 0): np.lib.format.read_array_header_1_0,
+            (2, 0): np.lib.format.read_array_header_2_0,
+        }.get(version)
+        if read_header is None:
+            raise ValueError(f"unsupported .npy version {version[0]}.{version[1]}")
+        shape, fortran_order, dtype = read_header(stream)
+        if any(side < 0 for side in shape):
+            raise ValueError(f"negative size in shape {shape}")
+    # numpy parses the header as a Python literal: a damaged one raises any of these.
+    except (ValueError, TypeError, SyntaxError, EOFError, tokenize.TokenError) as exc:
+        raise InputError(f"not a valid .npy body: {exc}", status_code=400) from None
+    if dtype.kind not in "iuf" or dtype.itemsize > 8:
+        raise InputError(f"pixels must be numbers, got a .npy array of {dtype}")
+    count = math.prod(shape)
+    if len(body) - stream.tell() != count * dtype.itemsize:
+        raise InputError(
+            f"not a valid .npy body: shape {shape} of {dtype} needs {count * dtype.itemsize} "
+            f"bytes of data, got {len(body) - stream.tell()}",
+            status_code=400,
+        )
+    flat = np.frombuffer(body, dtype=dtype, count=count, offset=stream.tell())
+    return flat.reshape(shape, order="F" if fortran_order else "C")
+
+
+def ndarray_batch_to_array(batch: np.ndarray) -> np.ndarray | None:
+    """(N, 28, 28) or (N, 784) numbers -> (N, 28, 28) float32 in one pass, or None when a value
+    is out of range (the caller then checks image by image to name the bad one)."""
+    images = batch.reshape(len(batch), IMAGE_SIZE, IMAGE_SIZE)
+    if images.dtype != np.uint8:  # uint8 is 0-255 by construction
+        finite = np.isfinite(images).all()
+        if not (finite and images.min() >= 0 and images.max() <= 255):
+            return None
+    return images.astype(np.float32)
 
 
 def _pixels_as_float(pixels: object) -> np.ndarray:

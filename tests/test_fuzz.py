@@ -16,7 +16,9 @@ examples per target here (default 15).
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import io
 import json
 import logging
 import os
@@ -105,6 +107,9 @@ def make_app(model: str = MODEL, **limits: int) -> FastAPI:
     return create_app(settings_)
 
 
+NPY = "application/x-npy"
+
+
 @dataclass(frozen=True)
 class Target:
     """One fuzzing run: an operation, a generation mode, a request body and the parameters."""
@@ -135,8 +140,9 @@ def targets(openapi: dict) -> list[Target]:
                 free = params - {"name", "version"} - ({"model"} if known else set())
                 for mode in ("positive", "negative"):
                     for media_type in media_types:
-                        # A raw binary body (any bytes) cannot be made invalid either.
-                        breakable = media_type not in (None, "application/octet-stream")
+                        # A raw binary body (any bytes, or a .npy file drawn by `npy_bodies`)
+                        # cannot be made invalid either.
+                        breakable = media_type not in (None, "application/octet-stream", NPY)
                         if mode == "negative" and not breakable and not free:
                             continue
                         found.append(Target(method.upper(), path, mode, media_type, known))
@@ -464,6 +470,46 @@ def _pixels_case(schema: schemathesis.BaseSchema, drawn: tuple) -> schemathesis.
     return schema[path]["POST"].Case(body=json.dumps(body).encode(), media_type="application/json")
 
 
+@st.composite
+def npy_bodies(draw: st.DrawFn) -> bytes:
+    """A .npy file: any dtype numpy writes without pickles, near-right shapes, values in and
+    out of range, and damaged files (cut short, bytes flipped, or a forged header)."""
+    dtype = draw(st.sampled_from(["u1", "<i2", ">i4", "<i8", "<f4", ">f8", "?", "<U2", "c8"]))
+    n = draw(st.integers(0, 10))
+    shape = draw(st.sampled_from([(n, 28, 28), (n, 784), (28, 28), (784,), (n, 27, 28), ()]))
+    values = draw(st.sampled_from([0, 1, 255, 256, -1, float("nan"), 3.5]))
+    array = np.full(shape, values if dtype[-1] in "fc" else int(values) if values == values else 0)
+    buffer = io.BytesIO()
+    np.save(buffer, array.astype(dtype, copy=False) if dtype[-1] != "U" else array.astype(dtype))
+    raw = buffer.getvalue()
+    damage = draw(st.sampled_from(["none", "none", "cut", "flip", "header"]))
+    if damage == "cut":
+        raw = raw[: draw(st.integers(0, len(raw)))]
+    elif damage == "flip" and raw:
+        at = draw(st.integers(0, min(len(raw), 140) - 1))
+        raw = raw[:at] + bytes([raw[at] ^ draw(st.integers(1, 255))]) + raw[at + 1 :]
+    elif damage == "header":
+        header = io.BytesIO()
+        forged = draw(st.sampled_from([(10**9, 784), (2**62,), (-1, 784)]))
+        with contextlib.suppress(ValueError):
+            np.lib.format.write_array_header_1_0(
+                header, {"descr": "|u1", "fortran_order": False, "shape": forged}
+            )
+        raw = header.getvalue() + raw[128:]
+    return raw
+
+
+# schemathesis has no serialiser for .npy: it draws these bodies from `npy_bodies`, with the
+# structure that the schema's "binary string" cannot express.
+schemathesis.openapi.media_type(NPY, npy_bodies())
+
+
+def _npy_case(schema: schemathesis.BaseSchema, drawn: tuple) -> schemathesis.Case:
+    raw, batch = drawn
+    path = "/predict/batch" if batch else "/predict"
+    return schema[path]["POST"].Case(body=raw, media_type=NPY)
+
+
 def _status_in(*allowed: int) -> Callable[[Any, schemathesis.Response], str | None]:
     def problem(_: Any, response: schemathesis.Response) -> str | None:
         if response.status_code in allowed:
@@ -486,6 +532,13 @@ GENERATORS = [
         st.tuples(st.lists(FILES, min_size=1, max_size=3), st.booleans()),
         _upload_case,
         _status_in(200, 413, 422),
+        weight=2,
+    ),
+    Generator(
+        "POST /predict[/batch] [generated .npy arrays]",
+        st.tuples(npy_bodies(), st.booleans()),
+        _npy_case,
+        _status_in(200, 400, 413, 422),
         weight=2,
     ),
     Generator(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 from collections.abc import AsyncIterator
 
 import httpx
@@ -254,6 +255,115 @@ async def test_bad_batches(
 ) -> None:
     r = await client.post("/predict/batch", json=body)
     assert r.status_code == status
+    assert fragment in r.json()["error"]
+    assert r.json().get("index") == index
+
+
+NPY = {"content-type": "application/x-npy"}
+
+
+def npy(array: np.ndarray, allow_pickle: bool = False) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=allow_pickle)
+    return buffer.getvalue()
+
+
+def forged_npy(shape: tuple[int, ...], data: bytes) -> bytes:
+    """A .npy header that claims `shape` of uint8, followed by `data`."""
+    buffer = io.BytesIO()
+    header = {"descr": "|u1", "fortran_order": False, "shape": shape}
+    np.lib.format.write_array_header_1_0(buffer, header)
+    return buffer.getvalue() + data
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int64", "float32", ">f8"])
+@pytest.mark.parametrize("layout", ["grid", "flat", "fortran"])
+async def test_npy_batches_answer_as_json_does(
+    client: httpx.AsyncClient, mnist_test, dtype: str, layout: str
+) -> None:
+    images, labels = mnist_test
+    batch = images[:4].astype(dtype)
+    if layout == "flat":
+        batch = batch.reshape(4, 784)
+    elif layout == "fortran":
+        batch = np.asfortranarray(batch)
+    r = await client.post("/predict/batch", content=npy(batch), headers=NPY)
+    assert r.status_code == 200, r.text
+    as_json = await client.post(
+        "/predict/batch", json={"images": [im.tolist() for im in images[:4]]}
+    )
+    served = [p["probabilities"] for p in r.json()["predictions"]]
+    expected = [p["probabilities"] for p in as_json.json()["predictions"]]
+    np.testing.assert_allclose(served, expected, atol=1e-6)
+    assert [p["digit"] for p in r.json()["predictions"]] == labels[:4].tolist()
+
+
+@pytest.mark.parametrize("shape", [(28, 28), (784,)])
+async def test_npy_single_image(client: httpx.AsyncClient, mnist_test, shape: tuple) -> None:
+    images, labels = mnist_test
+    r = await client.post("/predict", content=npy(images[7].reshape(shape)), headers=NPY)
+    assert r.status_code == 200, r.text
+    assert_prediction(r.json())
+    assert r.json()["digit"] == labels[7]
+
+
+def _bad_pixel(value: float) -> np.ndarray:
+    batch = np.zeros((3, 28, 28), dtype=np.float64)
+    batch[1, 5, 6] = value
+    return batch
+
+
+BAD_NPY = [
+    # (id, path, body, status, message fragment, index)
+    ("garbage", "/predict/batch", b"not numpy at all", 400, "not a valid .npy", None),
+    (
+        "negative-shape",
+        "/predict/batch",
+        forged_npy((-1, -784), b"\0" * 784),
+        400,
+        "negative",
+        None,
+    ),
+    ("truncated", "/predict/batch", npy(np.zeros((2, 28, 28), np.uint8))[:-5], 400, "bytes", None),
+    # A header claiming 784 GB: refused from its size alone, nothing allocated.
+    ("forged-shape", "/predict/batch", forged_npy((10**9, 28, 28), b"\0" * 64), 400, "bytes", None),
+    ("strings", "/predict/batch", npy(np.array([["a"] * 784])), 422, "numbers", None),
+    (
+        "objects",
+        "/predict/batch",
+        npy(np.array([None, 1]), allow_pickle=True),
+        422,
+        "numbers",
+        None,
+    ),
+    ("booleans", "/predict/batch", npy(np.ones((1, 784), bool)), 422, "numbers", None),
+    ("wrong-shape", "/predict/batch", npy(np.zeros((3, 5), np.uint8)), 422, "shape", None),
+    ("empty", "/predict/batch", npy(np.zeros((0, 28, 28), np.uint8)), 422, "empty batch", None),
+    ("over-limit", "/predict/batch", npy(np.zeros((5, 784), np.uint8)), 413, "limit of 4", None),
+    (
+        "out-of-range",
+        "/predict/batch",
+        npy(_bad_pixel(300.0)),
+        422,
+        "image 1: pixels must be 0-255",
+        1,
+    ),
+    ("nan", "/predict/batch", npy(_bad_pixel(np.nan)), 422, "image 1: pixels must be finite", 1),
+    ("negative", "/predict/batch", npy(_bad_pixel(-1.0).astype(np.int16)), 422, "0-255", 1),
+    ("batch-to-predict", "/predict", npy(np.zeros((2, 28, 28), np.uint8)), 422, "shape", None),
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "fragment", "index"),
+    [b[1:] for b in BAD_NPY],
+    ids=[b[0] for b in BAD_NPY],
+)
+async def test_bad_npy_bodies_get_a_clear_4xx(
+    client: httpx.AsyncClient, path: str, body: bytes, status: int, fragment: str, index: int | None
+) -> None:
+    r = await client.post(path, content=body, headers=NPY)
+    assert r.status_code == status, r.text
     assert fragment in r.json()["error"]
     assert r.json().get("index") == index
 
