@@ -51,9 +51,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.error("cannot start: %s", exc)
             raise RuntimeError(f"cannot start: {exc}") from None
         registry.add(loaded)
-        for predictor in loaded:
-            if predictor.device.type == "cuda" and settings.batching:
-                predictor.warm_up(settings.batch_max_size)
         registry.default = settings.model
         if settings.batching:
             for predictor in registry.all():

@@ -84,19 +84,6 @@ class Predictor:
         predictor.predict(np.zeros((1, 28, 28), dtype=np.float32))  # warm-up: first call is slow
         return predictor
 
-    def warm_up(self, max_batch: int) -> None:
-        """One pass at every batch size up to `max_batch`, without counting them in metrics.
-
-        On CUDA, cuDNN's autotuner (`cudnn.benchmark`) times the convolution algorithms anew
-        for each input shape it meets: without this, the first request of each new batch size
-        the batcher forms waits tens of ms (the cnn's p99 on the H100 was 500-600 ms).
-        """
-        with torch.inference_mode():
-            for size in range(1, max_batch + 1):
-                self.model(self._model_input(np.zeros((size, 28, 28), dtype=np.uint8)))
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
     def _model_input(self, images: np.ndarray) -> torch.Tensor:
         batch = to_model_input(images).to(self.device, non_blocking=True)
         if self.channels_last:
@@ -172,7 +159,11 @@ def load_all(
     """Every model version to serve, loaded, verified and warmed up."""
     device = select_device(device_arg)
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+        # No cuDNN autotuning: its results are cached per thread, and the passes run on the
+        # batcher's thread and the threadpool's, so every new (thread, batch size) pair timed
+        # all the algorithms again: 200+ ms stalls, the cnn's p99 of 400 ms on an H200. The
+        # heuristic choice serves as fast (bench/results/gpu-2026-12-02/README.md).
+        torch.backends.cudnn.benchmark = False
     loaded = []
     for path in discover(weights_dir, names):
         predictor = Predictor.load(path, device, int8)

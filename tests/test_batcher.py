@@ -178,12 +178,3 @@ async def test_idle_passes_run_on_the_loop_and_busy_ones_on_the_inference_thread
         await batcher.stop()
     assert threads[0] == threading.current_thread().name
     assert threads[1].startswith("infer-") and batcher.sizes[1] == 8
-
-
-def test_warm_up_runs_every_batch_size_the_batcher_can_form(predictor) -> None:
-    # On CUDA this primes cuDNN's autotuner for each shape; the code path is the same on the CPU.
-    from service.telemetry import IMAGES
-
-    before = IMAGES.labels(predictor.name)._value.get()
-    predictor.warm_up(16)
-    assert IMAGES.labels(predictor.name)._value.get() == before  # not counted as traffic
