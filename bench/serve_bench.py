@@ -285,6 +285,9 @@ def main() -> None:
         f"- date: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC",
         f"- commit: {commit}; {args.workers} uvicorn workers; wrk -t{args.wrk_threads}, "
         f"{args.duration} s per step",
+        "- latency: as wrk prints it, corrected for coordinated omission (a stalled request is "
+        "counted again at every interval it blocked its connection): above the per-request "
+        "figures whenever there are stalls (bench/results/gpu-2026-12-02/README.md)",
         "",
         "| model | endpoint | conns | batching | req/s | images/s | p50 ms | p90 ms | p99 ms "
         "| errors | on/off |",
