@@ -29,6 +29,10 @@ and py-spy dumps and a short raw profile of the workers.
 Plan "confirm": baseline vs the two fixes found (warm-up on the inference thread; the cuDNN v7
 API), with per-request client timing. Results and conclusions: bench/results/gpu-2026-12-02/.
 Every step is appended to tail.jsonl as it ends; the table is written at the end (tail.md).
+
+Measured at commit 5b16e99, when the service still turned cuDNN's autotuner on; it now turns it
+off (service/predictor.py), so today's "baseline" server is already the fixed one and the
+"cudnn.benchmark off" variant no longer differs from it.
 """
 
 from __future__ import annotations
@@ -120,7 +124,7 @@ setup = function(thread) table.insert(threads, thread) end
 # - TAIL_CUDA_SCHED=blocking: before torch makes its CUDA context, ask the driver for blocking
 #   synchronisation (CU_CTX_SCHED_BLOCKING_SYNC = 4) instead of the default (one context on 16
 #   cores: spin-wait), then log the flags the context really got;
-# - TAIL_PATCH=warm_infer_thread: when MicroBatcher.start runs, run Predictor.warm_up once more
+# - TAIL_PATCH=warm_infer_thread: when MicroBatcher.start runs, run warm_every_size once more
 #   ON THE BATCHER'S INFERENCE THREAD (PyTorch's cuDNN v8 benchmark cache is thread_local, so
 #   the service's own warm-up, on the event loop's thread, does not reach that thread);
 # - TAIL_PATCH=cudnn_benchmark_off: torch.backends.cudnn.benchmark = False after load_all.
@@ -160,6 +164,19 @@ if _sched:
 _patch = os.environ.get("TAIL_PATCH")
 
 
+def warm_every_size(predictor, max_batch: int) -> None:
+    # One pass at every batch size up to max_batch on this thread: the start-up warm-up the
+    # service had (Predictor.warm_up) when this was measured, at commit 5b16e99.
+    import numpy as np
+    import torch
+
+    with torch.inference_mode():
+        for size in range(1, max_batch + 1):
+            predictor.model(predictor._model_input(np.zeros((size, 28, 28), np.uint8)))
+    if predictor.device.type == "cuda":
+        torch.cuda.synchronize(predictor.device)
+
+
 def _after(module):
     if _patch == "warm_infer_thread" and module.__name__ == "service.batcher":
         original = module.MicroBatcher.start
@@ -172,7 +189,7 @@ def _after(module):
                 for p in registry.all():
                     if p.key == self.name:
                         t = time.perf_counter()
-                        p.warm_up(self.max_batch)
+                        warm_every_size(p, self.max_batch)
                         _log(f"warmed {p.key} on {p.device} in thread "
                              f"{threading.current_thread().name}: {time.perf_counter() - t:.2f} s")
 
@@ -341,7 +358,7 @@ def plans(device: str, plan: str) -> list[Server]:
 
 
 def cudnn_test(device: str, max_batch: int) -> dict:
-    """The service's cnn Predictor: warm_up on this thread (as the service's lifespan does),
+    """The service's cnn Predictor: warmed on this thread (as the service's lifespan did),
     then one pass at every batch size on this thread, on a fresh thread (like the batcher's
     inference thread) twice, and on another fresh thread with cudnn.benchmark off."""
     from concurrent.futures import ThreadPoolExecutor
@@ -364,7 +381,11 @@ def cudnn_test(device: str, max_batch: int) -> dict:
         return out
 
     start = time.perf_counter()
-    predictor.warm_up(max_batch)
+    with torch.inference_mode():  # the service's start-up warm-up at commit 5b16e99
+        for n in sizes:
+            predictor.model(predictor._model_input(np.zeros((n, 28, 28), np.uint8)))
+    if predictor.device.type == "cuda":
+        torch.cuda.synchronize(predictor.device)
     result: dict = {"warm_up_s": round(time.perf_counter() - start, 3)}
     result["main_thread_after_warm_up"] = timed()
     with ThreadPoolExecutor(1, thread_name_prefix="fresh") as pool:
