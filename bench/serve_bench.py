@@ -279,7 +279,8 @@ def main() -> None:
         f"# Serving benchmark ({args.device})",
         "",
         f"`python bench/serve_bench.py --duration {args.duration} --workers {args.workers} "
-        f"--device {args.device} --models {args.models} --wrk-threads {args.wrk_threads}`",
+        f"--device {args.device} --models {args.models} --wrk-threads {args.wrk_threads}"
+        f"{f' --only {args.only}' if args.only else ''}`",
         "",
         f"- machine: {platform.node()}, {describe_cpu()}",
         f"- date: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC",
