@@ -13,7 +13,10 @@ is the CPU time a pass costs the worker, not only its latency. Variants:
 - bf16 autocast;
 - CUDA graph: one graph captured per batch size (static input and output on the device), so a
   pass is one copy in, one replay and one copy out instead of a launch per layer;
-- CUDA graph + pinned.
+- CUDA graph + pinned;
+- service, CUDA graphs: `Predictor.predict` with the service's own graphs
+  (`service/cuda_graphs.py`, captured for 1-64 images as with the default
+  MNIST_BATCH_MAX_SIZE; larger passes run eagerly).
 
 Each variant is checked on the whole MNIST test set first (accuracy must hold), then timed:
 `iters` passes per batch size after a warm-up, median of 5 repeats, wall (perf_counter) and
@@ -47,7 +50,9 @@ def _probs(logits: torch.Tensor) -> np.ndarray:
     return torch.softmax(logits.double().cpu(), dim=1).numpy()  # as Predictor.predict
 
 
-def variants(predictor: Predictor, max_batch: int) -> dict[str, Pass]:
+def variants(
+    predictor: Predictor, max_batch: int, graphed_service: Predictor | None
+) -> dict[str, Pass]:
     model, device, nhwc = predictor.model, predictor.device, predictor.channels_last
     cuda = device.type == "cuda"
     pinned = torch.empty((max_batch, 1, 28, 28), pin_memory=cuda)
@@ -74,6 +79,8 @@ def variants(predictor: Predictor, max_batch: int) -> dict[str, Pass]:
     if cuda:
         out["CUDA graph"] = graphed(model, to_device, staged=False)
         out["CUDA graph + pinned"] = graphed(model, to_device, staged=True)
+    if graphed_service is not None:
+        out["service, CUDA graphs"] = graphed_service.predict
     return out
 
 
@@ -143,8 +150,14 @@ def main() -> None:
     print(f"| model | variant | test acc | {header} |")
     print("|---|---|---|" + "---|" * len(batches))
     for stem in args.models:
-        predictor = Predictor.load(Path("weights") / f"{stem}.pt", device)
-        for variant, fn in variants(predictor, max(*batches, ACCURACY_BATCH)).items():
+        weights = Path("weights") / f"{stem}.pt"
+        predictor = Predictor.load(weights, device)
+        service_graphs = (
+            Predictor.load(weights, device, cuda_graphs=64) if device.type == "cuda" else None
+        )
+        for variant, fn in variants(
+            predictor, max(*batches, ACCURACY_BATCH), service_graphs
+        ).items():
             acc = accuracy(fn, images, labels, ACCURACY_BATCH)
             cells = []
             for batch in batches:

@@ -46,6 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 settings.model,
                 settings.device,
                 settings.int8,
+                settings.batch_max_size if settings.cuda_graphs else 0,
             )
         except (WeightsError, ValueError) as exc:
             log.error("cannot start: %s", exc)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from service.cuda_graphs import CudaGraphs
 from service.preprocess import to_model_input
 from service.telemetry import observe_inference
 from training.checkpoint import WeightsError, load_weights
@@ -56,6 +57,7 @@ class Predictor:
     version: str = "1"
     quantized: bool = False  # int8 weights from weights/int8/ (CPU only)
     channels_last: bool = False  # conv models on the CPU take NHWC input (float and int8)
+    graphs: CudaGraphs | None = None  # on CUDA: passes of up to `graphs.sizes` images replayed
     loaded_at: float = field(default_factory=time.time)
 
     @property
@@ -63,9 +65,12 @@ class Predictor:
         return f"{self.name}@{self.version}"
 
     @classmethod
-    def load(cls, weights_path: Path, device: torch.device, int8: bool = False) -> Predictor:
+    def load(
+        cls, weights_path: Path, device: torch.device, int8: bool = False, cuda_graphs: int = 0
+    ) -> Predictor:
         """Load, verify and warm up; with `int8` on the CPU, serve weights/int8/<name>.pt in
-        place of the float model when it exists (made from these very weights)."""
+        place of the float model when it exists (made from these very weights). On CUDA, with
+        `cuda_graphs` > 0, capture one graph per batch size up to that many images."""
         model, metadata = load_weights(weights_path, device)
         name, version = parse_stem(weights_path.stem)
         channels_last = device.type == "cpu" and _has_conv(model)
@@ -81,6 +86,11 @@ class Predictor:
         predictor = cls(
             name, model, metadata, device, weights_path, version, quantized, channels_last
         )
+        if cuda_graphs and device.type == "cuda":
+            try:
+                predictor.graphs = CudaGraphs(model, device, cuda_graphs, channels_last)
+            except RuntimeError as exc:  # an op that cannot be captured: stay eager
+                log.warning("%s: no CUDA graphs (%s); running eagerly", name, exc)
         predictor.predict(np.zeros((1, 28, 28), dtype=np.float32))  # warm-up: first call is slow
         return predictor
 
@@ -94,9 +104,11 @@ class Predictor:
         """Class probabilities, shape (N, 10), float64 rows summing to 1."""
         start = time.perf_counter()
         with torch.inference_mode():
-            logits = self.model(self._model_input(images))
+            logits = self.graphs.run(to_model_input(images)) if self.graphs else None
+            if logits is None:  # no graphs, or a size beyond them
+                logits = self.model(self._model_input(images)).double().cpu()
         # float64 softmax on the CPU: the ten numbers returned sum to 1 to the last digit.
-        probs = torch.softmax(logits.double().cpu(), dim=1).numpy()
+        probs = torch.softmax(logits, dim=1).numpy()
         observe_inference(
             self.name, len(images), time.perf_counter() - start, probs.argmax(axis=1).tolist()
         )
@@ -154,7 +166,12 @@ def discover(weights_dir: Path, names: list[str]) -> list[Path]:
 
 
 def load_all(
-    weights_dir: Path, names: list[str], default: str, device_arg: str, int8: bool = False
+    weights_dir: Path,
+    names: list[str],
+    default: str,
+    device_arg: str,
+    int8: bool = False,
+    cuda_graphs: int = 0,
 ) -> list[Predictor]:
     """Every model version to serve, loaded, verified and warmed up."""
     device = select_device(device_arg)
@@ -166,14 +183,15 @@ def load_all(
         torch.backends.cudnn.benchmark = False
     loaded = []
     for path in discover(weights_dir, names):
-        predictor = Predictor.load(path, device, int8)
+        predictor = Predictor.load(path, device, int8, cuda_graphs)
         loaded.append(predictor)
         log.info(
-            "loaded %s (%s) on %s%s",
+            "loaded %s (%s) on %s%s%s",
             path.name,
             predictor.metadata["sha256"][:12],
             device_name(device),
             ", int8" if predictor.quantized else "",
+            f", CUDA graphs for 1-{predictor.graphs.sizes} images" if predictor.graphs else "",
         )
     if default not in {p.name for p in loaded}:
         raise WeightsError(

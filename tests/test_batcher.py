@@ -178,3 +178,13 @@ async def test_idle_passes_run_on_the_loop_and_busy_ones_on_the_inference_thread
         await batcher.stop()
     assert threads[0] == threading.current_thread().name
     assert threads[1].startswith("infer-") and batcher.sizes[1] == 8
+
+
+def test_cuda_graphs_are_asked_for_only_on_cuda(predictor, mnist_test) -> None:
+    # What the service asks for by default (MNIST_CUDA_GRAPHS): on the CPU it changes nothing.
+    import torch
+
+    graphed = Predictor.load(WEIGHTS_DIR / "mlp.pt", torch.device("cpu"), cuda_graphs=16)
+    assert graphed.graphs is None
+    images = mnist_test[0][:16].astype(np.float32)
+    np.testing.assert_array_equal(graphed.predict(images), predictor.predict(images))
