@@ -94,8 +94,9 @@ class Predictor:
         predictor.predict(np.zeros((1, 28, 28), dtype=np.float32))  # warm-up: first call is slow
         return predictor
 
-    def _model_input(self, images: np.ndarray) -> torch.Tensor:
-        batch = to_model_input(images).to(self.device, non_blocking=True)
+    def _model_input(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        batch = images if isinstance(images, torch.Tensor) else to_model_input(images)
+        batch = batch.to(self.device, non_blocking=True)
         if self.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
         return batch
@@ -104,9 +105,10 @@ class Predictor:
         """Class probabilities, shape (N, 10), float64 rows summing to 1."""
         start = time.perf_counter()
         with torch.inference_mode():
-            logits = self.graphs.run(to_model_input(images)) if self.graphs else None
+            batch = to_model_input(images)  # on the host
+            logits = self.graphs.run(batch) if self.graphs else None
             if logits is None:  # no graphs, or a size beyond them
-                logits = self.model(self._model_input(images)).double().cpu()
+                logits = self.model(self._model_input(batch)).double().cpu()
         # float64 softmax on the CPU: the ten numbers returned sum to 1 to the last digit.
         probs = torch.softmax(logits, dim=1).numpy()
         observe_inference(
