@@ -72,7 +72,7 @@ def variants(
         return run
 
     out = {
-        "service": lambda images: predictor.predict(images),
+        "service": predictor.predict,
         "pinned": eager(staged=True),
         "bf16 autocast": eager(staged=False, bf16=True),
     }

@@ -60,19 +60,12 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from serve_bench import free_port, scenarios  # noqa: E402
+from serve_bench import LUA, free_port, scenarios  # noqa: E402
 
 from training.data import load_split  # noqa: E402
 
 PERCENTILES = [10, 25, *[50 + 0.5 * i for i in range(100)], 99.9, 99.99]
 
-LUA_HEAD = """
-local f = assert(io.open("BODY", "rb"))
-wrk.method = "POST"
-wrk.body = f:read("*a")
-f:close()
-wrk.headers["Content-Type"] = "CTYPE"
-"""
 LUA_DONE = """
 done = function(summary, latency, requests)
   local e = summary.errors
@@ -170,9 +163,12 @@ def warm_every_size(predictor, max_batch: int) -> None:
     import numpy as np
     import torch
 
+    from service.preprocess import to_model_input
+
     with torch.inference_mode():
         for size in range(1, max_batch + 1):
-            predictor.model(predictor._model_input(np.zeros((size, 28, 28), np.uint8)))
+            zeros = to_model_input(np.zeros((size, 28, 28), np.uint8))
+            predictor.model(predictor._model_input(zeros))
     if predictor.device.type == "cuda":
         torch.cuda.synchronize(predictor.device)
 
@@ -367,6 +363,7 @@ def cudnn_test(device: str, max_batch: int) -> dict:
     import torch
 
     from service.predictor import Predictor
+    from service.preprocess import to_model_input
 
     torch.backends.cudnn.benchmark = True  # what load_all sets on CUDA
     predictor = Predictor.load(REPO / "weights" / "cnn.pt", torch.device(device))
@@ -383,7 +380,8 @@ def cudnn_test(device: str, max_batch: int) -> dict:
     start = time.perf_counter()
     with torch.inference_mode():  # the service's start-up warm-up at commit 5b16e99
         for n in sizes:
-            predictor.model(predictor._model_input(np.zeros((n, 28, 28), np.uint8)))
+            zeros = to_model_input(np.zeros((n, 28, 28), np.uint8))
+            predictor.model(predictor._model_input(zeros))
     if predictor.device.type == "cuda":
         torch.cuda.synchronize(predictor.device)
     result: dict = {"warm_up_s": round(time.perf_counter() - start, 3)}
@@ -627,8 +625,8 @@ def wrk(
     body = tmp / f"{abs(hash(scenario.name))}.body"
     body.write_bytes(scenario.body)
     script = tmp / f"{abs(hash(scenario.name))}.tail.lua"
-    lua = LUA_HEAD.replace("BODY", str(body)).replace("CTYPE", scenario.ctype)
-    lua += "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in scenario.headers.items())
+    headers = "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in scenario.headers.items())
+    lua = LUA.format(body=body, ctype=scenario.ctype, extra=headers)
     if raw:
         threads = conns  # one connection per thread: request() and response() alternate
         lua += LUA_RAW

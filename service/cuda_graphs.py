@@ -1,9 +1,9 @@
 """Forward passes replayed from CUDA graphs: one graph per batch size the batcher can form.
 
 On a GPU host the API is bound by its CPU side, and an eager pass of the cnn costs the worker
-0.7-1.1 ms of CPU at 8-64 images, mostly launching kernels one layer at a time. A captured graph
-replays the whole forward pass in one call: 0.16-0.32 ms (bench/gpu_pass.py,
-bench/results/gpu-2026-12-02/gpu_pass.md). Same kernels, same outputs.
+0.40-0.75 ms of CPU at 1-64 images, mostly launching kernels one layer at a time. A captured
+graph replays the whole forward pass in one call: 0.14-0.45 ms (bench/gpu_pass.py,
+bench/results/gpu-2026-12-02/graphs/gpu_pass.md). Same kernels, same outputs.
 
 Each size has its own static input and output on the device; all sizes share one memory pool,
 which is safe because replays are serialised by a lock and each output is copied to the host

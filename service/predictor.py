@@ -94,8 +94,8 @@ class Predictor:
         predictor.predict(np.zeros((1, 28, 28), dtype=np.float32))  # warm-up: first call is slow
         return predictor
 
-    def _model_input(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
-        batch = images if isinstance(images, torch.Tensor) else to_model_input(images)
+    def _model_input(self, batch: torch.Tensor) -> torch.Tensor:
+        """The host tensor of `to_model_input` on the model's device, in its layout."""
         batch = batch.to(self.device, non_blocking=True)
         if self.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)

@@ -602,9 +602,7 @@ def pixel_batch_to_array(batch: list) -> np.ndarray | None:
         )
     except (ValueError, TypeError, OverflowError):  # e.g. an integer too large for a float
         return None
-    if not (np.isfinite(arr).all() and arr.min() >= 0 and arr.max() <= 255):
-        return None
-    return arr.reshape(len(batch), side, side).astype(np.float32)
+    return ndarray_batch_to_array(arr.reshape(len(batch), side * side))
 
 
 def read_npy(body: bytes) -> np.ndarray:

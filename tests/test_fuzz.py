@@ -480,7 +480,7 @@ def npy_bodies(draw: st.DrawFn) -> bytes:
     values = draw(st.sampled_from([0, 1, 255, 256, -1, float("nan"), 3.5]))
     array = np.full(shape, values if dtype[-1] in "fc" else int(values) if values == values else 0)
     buffer = io.BytesIO()
-    np.save(buffer, array.astype(dtype, copy=False) if dtype[-1] != "U" else array.astype(dtype))
+    np.save(buffer, array.astype(dtype))
     raw = buffer.getvalue()
     damage = draw(st.sampled_from(["none", "none", "cut", "flip", "header"]))
     if damage == "cut":
