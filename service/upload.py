@@ -188,8 +188,8 @@ def to_grey(img: Image.Image) -> np.ndarray:
         if img.mode == "LA":
             la = np.asarray(img)
             return _composite(la[..., 0], la[..., 1])
-        rgba = np.asarray(img.convert("RGBA"))
-        return _composite(cv2.cvtColor(rgba, cv2.COLOR_RGBA2GRAY), rgba[..., 3])
+        rgba = np.asarray(img if img.mode == "RGBA" else img.convert("RGBA"))
+        return _composite(cv2.cvtColor(rgba, cv2.COLOR_RGBA2GRAY), cv2.extractChannel(rgba, 3))
     if img.mode == "L":
         return np.asarray(img)
     try:
@@ -323,26 +323,27 @@ def grey_to_mnist(grey: np.ndarray) -> np.ndarray:
 
 def _detect(grey: np.ndarray, side: int) -> Ink:
     """Find the digit on a copy of `grey` shrunk to `side` px; retry larger if too small."""
-    small = _shrink(grey, side)
+    factor = -(-max(grey.shape) // side)
     try:
-        return _detect_on(small, grey.shape)
+        return _detect_on(_shrink_by(grey, factor), factor, grey.shape)
     except InputError as exc:
-        if exc.message != SPECKS or max(grey.shape) <= side or side >= RETRY_SIDE:
+        if exc.message != SPECKS or factor <= 1 or side >= RETRY_SIDE:
             raise
         return _detect(grey, RETRY_SIDE)
 
 
-def _shrink(grey: np.ndarray, side: int) -> np.ndarray:
-    """A copy with the longer side at most `side` (area averaging), uint8."""
-    height, width = grey.shape
-    scale = side / max(height, width)
-    if scale >= 1:
+def _shrink_by(grey: np.ndarray, factor: int) -> np.ndarray:
+    """Average `factor` x `factor` blocks (the last partial row and column of blocks dropped):
+    OpenCV's area resize has a fast path for whole factors, several times its general one."""
+    if factor <= 1:
         return grey
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    return cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
+    height, width = (max(1, side // factor) for side in grey.shape)
+    block = grey[: height * factor, : width * factor]
+    return cv2.resize(block, (width, height), interpolation=cv2.INTER_AREA)
 
 
-def _detect_on(small: np.ndarray, full: tuple[int, int]) -> Ink:
+def _detect_on(small: np.ndarray, factor: int, full: tuple[int, int]) -> Ink:
+    """Detection on `small`, the full image shrunk by `factor` (of shape `full`)."""
     noise = _pixel_noise(small)
     floor = max(NOISE_SIGMAS * noise, MIN_CONTRAST)
     signal = _ink_signal(small, noise, floor)
@@ -354,13 +355,7 @@ def _detect_on(small: np.ndarray, full: tuple[int, int]) -> Ink:
     keep = cv2.dilate(keep.view(np.uint8), _RIM)
     top, left = max(top - 1, 0), max(left - 1, 0)
     bottom, right = min(bottom + 1, small.shape[0]), min(right + 1, small.shape[1])
-    sy, sx = full[0] / small.shape[0], full[1] / small.shape[1]
-    box = (
-        int(top * sy),
-        int(left * sx),
-        min(full[0], int(np.ceil(bottom * sy))),
-        min(full[1], int(np.ceil(right * sx))),
-    )
+    box = (top * factor, left * factor, min(full[0], bottom * factor), min(full[1], right * factor))
     cut = min(3.0 * noise, 0.25 * signal.level)
     strength = max(signal.level - cut, 1e-3)
     return Ink(signal.background, signal.sign, cut, strength, box, keep[top:bottom, left:right])
@@ -595,13 +590,10 @@ def _select_digit(
 def _cut_out(grey: np.ndarray, ink: Ink) -> np.ndarray:
     """The digit's soft ink (0..1), cut once from the full-size image at MID_SCALE x 20 px."""
     top, left, bottom, right = ink.box
-    roi = grey[top:bottom, left:right]
-    height, width = roi.shape
-    scale = min(MID_SCALE * BOX_SIZE / max(height, width), 1.0)
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    if scale < 1:
-        roi = cv2.resize(roi, size, interpolation=cv2.INTER_AREA)
-    roi = roi.astype(np.float32)
+    # Whole-factor shrink to between 1 and 2 x the mid size: `_fit_box` does the rest.
+    factor = max(1, max(bottom - top, right - left) // (MID_SCALE * BOX_SIZE))
+    roi = _shrink_by(grey[top:bottom, left:right], factor).astype(np.float32)
+    size = (roi.shape[1], roi.shape[0])
     # The background over the box, evaluated on the mid-size grid in full-image coordinates.
     residual = ink.sign * (roi - _surface(ink.background, grey.shape, ink.box, roi.shape))
     soft = np.clip((residual - ink.cut) * np.float32(1.0 / ink.strength), 0.0, 1.0)
@@ -694,9 +686,10 @@ def stroke_width(img: np.ndarray) -> float:
 
 def _centre(box: np.ndarray) -> np.ndarray:
     """Place the box in a 28x28 field with its centre of mass at the centre (integer shift)."""
-    moments = cv2.moments(box)
-    top = round(CENTRE - moments["m01"] / moments["m00"])
-    left = round(CENTRE - moments["m10"] / moments["m00"])
+    # Not cv2.moments: it reads an (N, 2) float array as a contour's N points.
+    mass = float(box.sum())
+    top = round(CENTRE - float(box.sum(axis=1) @ np.arange(box.shape[0])) / mass)
+    left = round(CENTRE - float(box.sum(axis=0) @ np.arange(box.shape[1])) / mass)
     out = np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
     # Clip the paste to the field (a lopsided digit may overhang after centring, as in MNIST).
     y0, x0 = max(top, 0), max(left, 0)
