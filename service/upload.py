@@ -380,15 +380,23 @@ def _pixel_noise(grey: np.ndarray) -> float:
 
     Ink changes only at stroke edges, so most differences are pure noise whether the image is
     a tenth ink or half ink; a spread of the grey levels themselves would count the ink too.
+    The quieter of the two directions counts: a narrow crop of a blurred 1 is edge from side
+    to side, but not from top to bottom.
     """
-    if min(grey.shape) < 2:
+    medians = [
+        _median_level(cv2.absdiff(a, b))
+        for a, b in ((grey[:, 1:], grey[:, :-1]), (grey[1:], grey[:-1]))
+        if a.size
+    ]
+    if not medians:
         return 0.0
-    dx = cv2.absdiff(grey[:, 1:], grey[:, :-1])
-    dy = cv2.absdiff(grey[1:], grey[:-1])
-    hist = _histogram(dx) + _histogram(dy)
-    median = int(np.searchsorted(np.cumsum(hist), hist.sum() / 2))
     # Rounding to whole grey levels floors a clean image's noise at 0: count it as 0.5 level.
-    return 1.4826 * max(median, 0.5) / np.sqrt(2.0)
+    return 1.4826 * max(min(medians), 0.5) / np.sqrt(2.0)
+
+
+def _median_level(values: np.ndarray) -> int:
+    cum = np.cumsum(_histogram(values))
+    return int(np.searchsorted(cum, cum[-1] / 2))
 
 
 def _histogram(grey: np.ndarray) -> np.ndarray:
@@ -482,12 +490,14 @@ def _class_quantiles(
 
 def _otsu_split(hist: np.ndarray) -> int:
     """Otsu's threshold of a 256-bin histogram: levels <= it are the lower class."""
-    prob = hist / hist.sum()
-    weight = np.cumsum(prob)
-    mean = np.cumsum(prob * _LEVELS)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        between = (mean[-1] * weight - mean) ** 2 / (weight * (1.0 - weight))
-    return int(np.argmax(np.nan_to_num(between[:-1], nan=0.0, posinf=0.0)))
+    weight = np.cumsum(hist)
+    mean = np.cumsum(hist * _LEVELS)
+    total, total_mean = weight[-1], mean[-1]
+    # Between-class variance (up to a constant); classes of no pixels score 0.
+    spread = weight * (total - weight)
+    between = (total_mean * weight - total * mean) ** 2 / np.maximum(spread, 1e-12)
+    between[spread == 0] = 0.0
+    return int(np.argmax(between[:-1]))
 
 
 _LEVELS = np.arange(256, dtype=np.float64)
