@@ -60,6 +60,8 @@ RETRY_SIDE = 512
 DRAFT_SIDE = 512
 # Below this size (on the shorter side) the background is taken as constant: no surface fit.
 SMALL_SIDE = 48
+# Detection averages 3x3 pixels first when the noise sigma is above this (grey levels).
+BLUR_NOISE = 3.0
 # An ink signal must clear the noise by this many sigmas and this many grey levels (of 255).
 NOISE_SIGMAS = 5.0
 MIN_CONTRAST = 20.0
@@ -347,18 +349,35 @@ def _detect_on(small: np.ndarray, factor: int, full: tuple[int, int]) -> Ink:
     noise = _pixel_noise(small)
     floor = max(NOISE_SIGMAS * noise, MIN_CONTRAST)
     signal = _ink_signal(small, noise, floor)
-    detect = signal.ink if min(small.shape) < SMALL_SIDE else cv2.blur(signal.ink, (3, 3))
-    mask = detect > signal.threshold
-    count, labels, stats = _components(mask)
+    keep, (top, left, bottom, right) = _find_digit(signal, small, noise)
+    full_box = (
+        top * factor,
+        left * factor,
+        min(full[0], bottom * factor),
+        min(full[1], right * factor),
+    )
+    cut = min(3.0 * noise, 0.25 * signal.level)
+    strength = max(signal.level - cut, 1e-3)
+    return Ink(
+        signal.background, signal.sign, cut, strength, full_box, keep[top:bottom, left:right]
+    )
+
+
+def _find_digit(
+    signal: Signal, small: np.ndarray, noise: float
+) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """The digit's pixels (uint8, with a rim) and their box (top, left, bottom, right)."""
+    # Averaging 3x3 tames pixel noise before thresholding; on a clean image it would only
+    # dim strokes that the shrink has already thinned to a pixel.
+    noisy = noise > BLUR_NOISE and min(small.shape) >= SMALL_SIDE
+    detect = cv2.blur(signal.ink, (3, 3)) if noisy else signal.ink
+    count, labels, stats = _components(detect > signal.threshold)
     keep, (top, left, bottom, right) = _select_digit(count, labels, stats, small.shape)
     # The rim: anti-aliased edges below the threshold, and a detection pixel's worth of room.
     keep = cv2.dilate(keep.view(np.uint8), _RIM)
     top, left = max(top - 1, 0), max(left - 1, 0)
     bottom, right = min(bottom + 1, small.shape[0]), min(right + 1, small.shape[1])
-    box = (top * factor, left * factor, min(full[0], bottom * factor), min(full[1], right * factor))
-    cut = min(3.0 * noise, 0.25 * signal.level)
-    strength = max(signal.level - cut, 1e-3)
-    return Ink(signal.background, signal.sign, cut, strength, box, keep[top:bottom, left:right])
+    return keep, (top, left, bottom, right)
 
 
 @dataclass
@@ -420,7 +439,7 @@ def _ink_signal(small: np.ndarray, noise: float, floor: float, flat: bool = Fals
     lo, hi = (split + 1, 256) if upper_is_background else (0, split + 1)
     p05, median, p95 = _class_quantiles(cum, lo, hi, (0.05, 0.5, 0.95))
     if not flat and p95 - p05 > 4.0 * noise + 8.0 and min(small.shape) >= SMALL_SIDE:
-        return _flattened_signal(small, float(median), noise, floor)
+        return _flattened_signal(small, split, upper_is_background, noise, floor)
     sign = -1.0 if upper_is_background else 1.0
     # Ink levels beyond the noise floor, read off the histogram: how many, and how strong.
     if sign < 0:
@@ -442,11 +461,13 @@ def _ink_signal(small: np.ndarray, noise: float, floor: float, flat: bool = Fals
     return Signal(background, sign, ink, threshold, level)
 
 
-def _flattened_signal(small: np.ndarray, base: float, noise: float, floor: float) -> Signal:
+def _flattened_signal(
+    small: np.ndarray, split: int, upper_is_background: bool, noise: float, floor: float
+) -> Signal:
     """Uneven background: fit the surface, subtract it (background at grey 128), and read the
     flattened image's histogram."""
     grey = small.astype(np.float32)
-    coef = _fit_surface(grey, base, noise)
+    coef = _fit_surface(grey, split, upper_is_background, noise)
     flat = grey - _evaluate_quadratic(coef, grey.shape) + np.float32(FLAT_LEVEL)
     signal = _ink_signal(np.clip(flat, 0, 255).astype(np.uint8), noise, floor, flat=True)
     signal.background = coef + signal.background - np.float32(FLAT_LEVEL) * _CONSTANT
@@ -470,9 +491,10 @@ def _upper_is_background(small: np.ndarray, split: int, upper_share: float) -> b
     upper = cv2.threshold(small, split, 1, cv2.THRESH_BINARY)[1]
     to_lower = cv2.distanceTransform(upper, cv2.DIST_L2, 3)
     to_upper = cv2.distanceTransform(1 - upper, cv2.DIST_L2, 3)
-    return float(to_lower.sum()) / max(upper_share, 1e-6) >= float(to_upper.sum()) / max(
+    broader = float(to_lower.sum()) / max(upper_share, 1e-6) >= float(to_upper.sum()) / max(
         1.0 - upper_share, 1e-6
     )
+    return broader
 
 
 # Mode sizes within 50% +- this are too close to call by size alone.
@@ -503,21 +525,24 @@ def _otsu_split(hist: np.ndarray) -> int:
 _LEVELS = np.arange(256, dtype=np.float64)
 
 
-def _fit_surface(grey: np.ndarray, base: float, noise: float) -> np.ndarray:
+def _fit_surface(
+    grey: np.ndarray, split: int, upper_is_background: bool, noise: float
+) -> np.ndarray:
     """A quadratic background fitted robustly: least squares on the inlier pixels alternates
-    with re-selecting the inliers (|residual| < 3 sigma), seeded at the background's level."""
+    with re-selecting the inliers (|residual| < 3 sigma of all residuals, robustly: the ink is
+    the minority), seeded with the background's mode of the histogram."""
     step = max(1, int(np.sqrt(grey.size / 512)))  # 6 unknowns: ~500 samples are plenty
     sample = grey[::step, ::step]
-    inliers = np.abs(sample - base) <= max(3.0 * noise, 8.0)
-    coef = np.zeros(6, dtype=np.float32)
-    coef[0] = base
-    if inliers.sum() < 50:
-        return coef
+    inliers = sample > split if upper_is_background else sample <= split
     design = _quadratic_terms(grey.shape, step)
-    for _ in range(2):
+    coef = np.zeros(6, dtype=np.float32)
+    coef[0] = _quantile(sample, 0.5)
+    for _ in range(3):
+        if inliers.sum() < 12:
+            break
         coef = _least_squares(design[inliers], sample[inliers])
         fitted = sample - design @ coef
-        inliers = np.abs(fitted) <= max(3.0 * _sigma(fitted[inliers]), 3.0)
+        inliers = np.abs(fitted) <= max(3.0 * _sigma(fitted), 3.0 * noise, 3.0)
     return coef
 
 
