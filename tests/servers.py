@@ -72,3 +72,51 @@ def running_service(
     finally:
         if proc.poll() is None:
             stop(proc)
+
+
+def missing_tool(what: str, install: str) -> None:
+    """Skip locally, fail in CI (CI=true): a CI without the tool must not pass silently."""
+    import pytest
+
+    message = f"{what} is not installed: {install}"
+    if os.environ.get("CI"):
+        pytest.fail(f"{message} (CI must install it)")
+    pytest.skip(message)
+
+
+@contextmanager
+def redis_server() -> Iterator[str]:
+    """A real `redis-server` (Debian's package) on a free loopback port; yields its URI."""
+    import shutil
+
+    import redis
+
+    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    if not os.access(binary, os.X_OK):
+        missing_tool("redis-server", "apt-get install redis-server")
+    port = free_port()
+    proc = subprocess.Popen(
+        [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    uri = f"redis://127.0.0.1:{port}"
+    try:
+        client = redis.Redis.from_url(uri, socket_timeout=1)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if proc.poll() is not None:
+                    raise AssertionError(f"redis-server exited: {proc.stdout.read()}") from None
+                if time.monotonic() > deadline:
+                    raise AssertionError("redis-server did not answer within 20 s") from None
+                time.sleep(0.05)
+        client.close()
+        yield uri
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
