@@ -28,7 +28,8 @@ def start(env: dict[str, str] | None = None, *args: str) -> tuple[subprocess.Pop
     proc = subprocess.Popen(
         [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port), *args],
         cwd=REPO_ROOT,
-        env={**os.environ, "MNIST_DEVICE": "cpu", **(env or {})},
+        # No drain unless a test asks for one: stopping takes no longer than it must.
+        env={**os.environ, "MNIST_DEVICE": "cpu", "MNIST_DRAIN_SECONDS": "0", **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
