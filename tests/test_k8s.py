@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 import re
@@ -273,12 +274,13 @@ def settings_from(env: list[Obj], monkeypatch: pytest.MonkeyPatch) -> Settings:
     return Settings()
 
 
-def app_get_paths() -> set[str]:
+@functools.cache
+def app_get_paths() -> frozenset[str]:
     """The GET paths of the service, from its OpenAPI document (probes included)."""
     from service.app import create_app
 
     paths = create_app(Settings(device="cpu")).openapi()["paths"]
-    return {path for path, operations in paths.items() if "get" in operations}
+    return frozenset(path for path, operations in paths.items() if "get" in operations)
 
 
 @pytest.mark.parametrize("where", [w for w, _, _ in pod_specs()])

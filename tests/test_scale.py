@@ -55,7 +55,10 @@ def serving(env: dict[str, str], *args: str) -> Iterator[Served]:
     reader = threading.Thread(target=lambda: served.lines.extend(proc.stdout), daemon=True)
     reader.start()
     try:
-        wait_ready(proc, base, timeout=180)
+        try:
+            wait_ready(proc, base, timeout=180)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{served.output()}") from None
         yield served
     finally:
         if proc.poll() is None:
