@@ -86,8 +86,9 @@ def missing_tool(what: str, install: str) -> None:
 
 
 @contextmanager
-def redis_server() -> Iterator[str]:
-    """A real `redis-server` (Debian's package) on a free loopback port; yields its URI."""
+def redis_server(port: int | None = None) -> Iterator[str]:
+    """A real `redis-server` (Debian's package) on loopback (a free port unless given);
+    yields its URI."""
     import shutil
 
     import redis
@@ -95,7 +96,7 @@ def redis_server() -> Iterator[str]:
     binary = shutil.which("redis-server") or "/usr/bin/redis-server"
     if not os.access(binary, os.X_OK):
         missing_tool("redis-server", "apt-get install redis-server")
-    port = free_port()
+    port = port or free_port()
     proc = subprocess.Popen(
         [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"],
         stdout=subprocess.PIPE,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -12,11 +13,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 import torch
 from asgi_lifespan import LifespanManager
 
 from service.app import create_app
 from service.config import Settings
+from service.security import STORAGE_RETRY_S
 from tests.conftest import WEIGHTS_DIR
 from tests.servers import free_port, redis_server
 from training.checkpoint import WeightsError, load_weights
@@ -262,6 +265,25 @@ async def test_an_unreachable_redis_fails_open_logged_and_counted(caplog) -> Non
     warnings = [r.getMessage() for r in caplog.records if "rate-limit storage" in r.getMessage()]
     assert len(warnings) == 1, warnings  # once per outage, not once per request
     assert f"127.0.0.1:{uri.rsplit(':', 1)[1]}" in warnings[0]
+
+
+async def test_a_redis_outage_mid_run_fails_open_then_limits_resume(caplog) -> None:
+    post = {"json": PIXELS}
+    with caplog.at_level(logging.INFO, logger="service"), redis_server() as uri:
+        async with serve(rate_limit="3/minute", rate_limit_storage=uri) as client:
+            assert (await client.post("/predict", **post)).status_code == 200
+            redis.Redis.from_url(uri).shutdown(nosave=True)  # Redis dies mid-run
+            before = storage_errors((await client.get("/metrics")).text)
+            statuses = [(await client.post("/predict", **post)).status_code for _ in range(5)]
+            assert statuses == [200] * 5  # over the limit, but unchecked: fail open
+            assert storage_errors((await client.get("/metrics")).text) - before >= 5
+            port = int(uri.rsplit(":", 1)[1])
+            with redis_server(port):  # back, empty; tried again after STORAGE_RETRY_S
+                await asyncio.sleep(STORAGE_RETRY_S + 0.2)
+                statuses = [(await client.post("/predict", **post)).status_code for _ in range(5)]
+                assert statuses == [200, 200, 200, 429, 429]
+    messages = [r.getMessage() for r in caplog.records if "rate-limit storage" in r.getMessage()]
+    assert len(messages) == 2 and "answers again" in messages[1], messages
 
 
 def storage_errors(metrics: str) -> float:
