@@ -39,7 +39,7 @@ async def test_while_draining_readiness_is_503_and_every_answer_closes_its_conne
                 assert r.headers["connection"] == "close"
             live = await client.get("/health/live")
             assert live.status_code == 200, "liveness must hold: a draining pod is not dead"
-            r = await client.post("/predict", json={"pixels": [0] * 784})
+            r = await client.post("/predict", json={"pixels": [0] * 392 + [255] * 392})
             assert r.status_code == 200, "requests are still served"
             assert r.headers["connection"] == "close"
             assert (await client.get("/v2/health/live")).status_code == 200

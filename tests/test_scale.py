@@ -32,7 +32,7 @@ from tests.servers import free_port, missing_tool, redis_server, start, wait_rea
 
 pytestmark = pytest.mark.slow
 
-PIXELS = json.dumps({"pixels": [0] * 784}).encode()
+PIXELS = json.dumps({"pixels": [0] * 392 + [255] * 392}).encode()  # with ink: a blank one is a 422
 NGINX_CONF = REPO_ROOT / "deploy" / "nginx.conf"
 
 
