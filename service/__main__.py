@@ -12,6 +12,7 @@ import tempfile
 
 import uvicorn
 
+from service import drain
 from service.config import get_settings
 from service.predictor import discover
 from training.checkpoint import WeightsError, load_weights
@@ -51,16 +52,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         # Each worker counts on its own; this folder lets /metrics sum them all.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mnist-metrics-")
-    uvicorn.run(
+    config = uvicorn.Config(
         "service.app:app",
         host=args.host,
         port=args.port,
         workers=args.workers,
         log_level=args.log_level,
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=drain.SHUTDOWN_TIMEOUT_S,
         access_log=False,  # the service logs one structured line per request instead
+        # X-Forwarded-For is read by the app, from MNIST_TRUSTED_PROXIES only (uvicorn's own
+        # default would trust any client on loopback).
+        proxy_headers=False,
     )
-    return 0
+    # uvicorn.run, with a drain on SIGTERM and a supervisor that lets go of the socket.
+    return drain.serve(config)
 
 
 if __name__ == "__main__":

@@ -11,8 +11,9 @@ import torch
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from PIL import Image
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from service import errors, routes, telemetry, v2, web
+from service import drain, errors, routes, telemetry, v2, web
 from service.batcher import MicroBatcher
 from service.config import Settings, get_settings
 from service.deps import Registry
@@ -75,6 +76,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         for name, predictor in registry.predictors.items():
             telemetry.MODEL_READY.labels(name).set(1)
             telemetry.DEVICE.labels(predictor.device.type, device_name(predictor.device)).set(1)
+        # Under uvicorn: SIGTERM starts the drain (service/drain.py) before the shutdown.
+        drain.install_sigterm_handler(settings.drain_seconds)
         yield
         gc.unfreeze()  # collectable again once this app is gone (tests build many apps)
         registry.ready = False
@@ -98,7 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     v2.install(app)
     web.install(app)
     # Middleware, innermost first: body limit, access control, telemetry (sees every answer,
-    # 401/429/413 included), CORS (outermost, so preflight requests need no key).
+    # 401/429/413 included), CORS (so preflight requests need no key), drain, proxy headers.
     app.add_middleware(errors.BodySizeLimit, max_bytes=settings.max_request_bytes)
     app.add_middleware(AccessControl, settings=settings)
     telemetry.install(app)
@@ -109,6 +112,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_methods=["GET", "POST"],
             allow_headers=["*"],
         )
+    # Outermost: readiness says 503 from the first moment of a drain.
+    app.add_middleware(drain.DrainMiddleware)
+    if settings.trusted_proxies:
+        # The client address (rate limits, logs) from X-Forwarded-For, from these proxies only.
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
     return app
 
 

@@ -63,13 +63,36 @@ class Settings(BaseSettings):
     rate_limit: str | None = Field(
         None, description='requests per client, e.g. "50/second" or "1000/minute" (none: off)'
     )
+    rate_limit_storage: str = Field(
+        "memory://",
+        description="where rate limits are counted: memory:// (each worker process on its "
+        "own) or redis://host:port[/db] (shared by every worker and replica)",
+    )
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="comma-separated addresses or networks (or *) of proxies whose "
+        "X-Forwarded-For names the client (none: the connection's own address)",
+    )
+    drain_seconds: float = Field(
+        5.0,
+        ge=0,
+        description="after SIGTERM: seconds of answering 503 on readiness while still "
+        "serving, before the listener closes (SIGINT skips it)",
+    )
 
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = Field(1, ge=1)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
-    @field_validator("models", "api_keys", "cors_origins", mode="before")
+    @field_validator("rate_limit_storage")
+    @classmethod
+    def _known_storage(cls, value: str) -> str:
+        if not value.startswith(("memory://", "redis://", "rediss://")):
+            raise ValueError("use memory:// or redis://host:port (rediss:// for TLS)")
+        return value
+
+    @field_validator("models", "api_keys", "cors_origins", "trusted_proxies", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):

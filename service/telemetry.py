@@ -49,6 +49,10 @@ BATCH_SIZE = Histogram(
 IMAGES = Counter("mnist_images_predicted_total", "Images predicted", ["model"])
 PREDICTED = Counter("mnist_predicted_class_total", "Predictions by digit", ["model", "digit"])
 ERRORS = Counter("mnist_errors_total", "Error answers by kind", ["kind"])
+RATE_LIMIT_STORAGE_ERRORS = Counter(
+    "mnist_rate_limit_storage_errors_total",
+    "Requests let through unchecked (fail open) because the rate-limit storage did not answer",
+)
 MODELS_LOADED = Gauge(
     "mnist_models_loaded", "Models loaded in this process", multiprocess_mode="max"
 )

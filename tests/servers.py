@@ -28,7 +28,8 @@ def start(env: dict[str, str] | None = None, *args: str) -> tuple[subprocess.Pop
     proc = subprocess.Popen(
         [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port), *args],
         cwd=REPO_ROOT,
-        env={**os.environ, "MNIST_DEVICE": "cpu", **(env or {})},
+        # No drain unless a test asks for one: stopping takes no longer than it must.
+        env={**os.environ, "MNIST_DEVICE": "cpu", "MNIST_DRAIN_SECONDS": "0", **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -72,3 +73,52 @@ def running_service(
     finally:
         if proc.poll() is None:
             stop(proc)
+
+
+def missing_tool(what: str, install: str) -> None:
+    """Skip locally, fail in CI (CI=true): a CI without the tool must not pass silently."""
+    import pytest
+
+    message = f"{what} is not installed: {install}"
+    if os.environ.get("CI"):
+        pytest.fail(f"{message} (CI must install it)")
+    pytest.skip(message)
+
+
+@contextmanager
+def redis_server(port: int | None = None) -> Iterator[str]:
+    """A real `redis-server` (Debian's package) on loopback (a free port unless given);
+    yields its URI."""
+    import shutil
+
+    import redis
+
+    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    if not os.access(binary, os.X_OK):
+        missing_tool("redis-server", "apt-get install redis-server")
+    port = port or free_port()
+    proc = subprocess.Popen(
+        [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    uri = f"redis://127.0.0.1:{port}"
+    try:
+        client = redis.Redis.from_url(uri, socket_timeout=1)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if proc.poll() is not None:
+                    raise AssertionError(f"redis-server exited: {proc.stdout.read()}") from None
+                if time.monotonic() > deadline:
+                    raise AssertionError("redis-server did not answer within 20 s") from None
+                time.sleep(0.05)
+        client.close()
+        yield uri
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -604,12 +604,12 @@ def test_api_service(config) -> None:
     assert api["restart"] == "unless-stopped"
     assert api.get("init") is True
     assert api.get("stop_signal", "SIGTERM") == "SIGTERM"
-    # Longer than uvicorn's graceful shutdown, so that SIGKILL never cuts requests short.
-    graceful = re.search(
-        r"timeout_graceful_shutdown\s*=\s*(\d+)",
-        (REPO_ROOT / "service" / "__main__.py").read_text(),
-    )
-    grace_needed = int(graceful.group(1)) if graceful else 30
+    # Longer than the drain plus uvicorn's graceful shutdown, so that SIGKILL never cuts
+    # requests short.
+    from service.config import Settings
+    from service.drain import SHUTDOWN_TIMEOUT_S
+
+    grace_needed = Settings().drain_seconds + SHUTDOWN_TIMEOUT_S
     assert duration_seconds(api["stop_grace_period"]) > grace_needed
     assert api["cap_drop"] == ["ALL"]
 
@@ -684,13 +684,23 @@ def test_scale_out_puts_nginx_in_front_of_the_replicas(config) -> None:
     assert proxy["depends_on"]["api"]["condition"] == "service_healthy"
     assert proxy["restart"] == "unless-stopped"
     # Client addresses (rate limits, logs) come from nginx, which overwrites X-Forwarded-For.
-    assert api["environment"]["FORWARDED_ALLOW_IPS"] == "*"
+    assert api["environment"]["MNIST_TRUSTED_PROXIES"] == "*"
     assert "proxy_set_header X-Forwarded-For $remote_addr;" in NGINX_CONF.read_text()
     [gpu] = gpu_devices(api)
     assert gpu["count"] == 1, "every replica shares GPU 0"
 
     profile_only = config([COMPOSE], profiles=("scale",))
     assert profile_only["services"]["proxy"]["profiles"] == ["scale"]
+
+
+def test_redis_profile_shares_rate_limits(config) -> None:
+    model = config([COMPOSE], profiles=("redis",), MNIST_RATE_LIMIT_STORAGE="redis://redis:6379")
+    redis, api = model["services"]["redis"], model["services"]["api"]
+    assert api["environment"]["MNIST_RATE_LIMIT_STORAGE"] == "redis://redis:6379"
+    assert redis["healthcheck"]["test"][-2:] == ["redis-cli", "ping"]
+    assert redis["read_only"] is True and redis["cap_drop"] == ["ALL"]
+    assert redis["user"].split(":")[0] != "0"
+    assert "redis" not in config([COMPOSE])["services"], "only with --profile redis"
 
 
 def test_multi_gpu_gives_each_gpu_its_own_service(config) -> None:
@@ -703,7 +713,7 @@ def test_multi_gpu_gives_each_gpu_its_own_service(config) -> None:
         {"driver": "nvidia", "device_ids": ["1"], "capabilities": ["gpu"]}
     ]
     assert "api" in second["networks"]["default"]["aliases"], "nginx resolves `api`"
-    assert second["environment"]["FORWARDED_ALLOW_IPS"] == "*"
+    assert second["environment"]["MNIST_TRUSTED_PROXIES"] == "*"
     assert not second.get("ports")
     assert second["image"] == services["api"]["image"]
     assert mounts(second)["/app/weights"]["read_only"] is True

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import logging
 import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -11,12 +13,15 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 import torch
 from asgi_lifespan import LifespanManager
 
 from service.app import create_app
 from service.config import Settings
+from service.security import STORAGE_RETRY_S
 from tests.conftest import WEIGHTS_DIR
+from tests.servers import free_port, redis_server
 from training.checkpoint import WeightsError, load_weights
 
 pytestmark = pytest.mark.anyio
@@ -165,3 +170,129 @@ async def test_the_page_is_never_rate_limited() -> None:
             assert (await client.get("/")).status_code == 200
             assert (await client.get("/static/app.js")).status_code == 200
         assert (await client.post("/predict", json=PIXELS)).status_code == 200
+
+
+# ---------------------------------------------------------------------------------------------
+# whom the rate limit counts, and where
+
+
+async def test_a_rotating_api_key_header_does_not_escape_the_limit_when_keys_are_off() -> None:
+    async with serve(rate_limit="3/minute") as client:
+        statuses = [
+            (await client.post("/predict", json=PIXELS, headers={"X-API-Key": f"k{i}"})).status_code
+            for i in range(5)
+        ]
+        assert statuses == [200, 200, 200, 429, 429]
+        bearer = {"Authorization": "Bearer another"}
+        assert (await client.post("/predict", json=PIXELS, headers=bearer)).status_code == 429
+
+
+async def test_with_keys_on_each_valid_key_has_its_own_bucket() -> None:
+    async with serve(rate_limit="2/minute", api_keys=["a", "b"]) as client:
+
+        async def status(key: str) -> int:
+            r = await client.post("/predict", json=PIXELS, headers={"X-API-Key": key})
+            return r.status_code
+
+        assert [await status("a") for _ in range(3)] == [200, 200, 429]
+        assert [await status("b") for _ in range(3)] == [200, 200, 429]
+        # On the open /metrics, a made-up key counts against the address, not a bucket of its own.
+        assert (await client.get("/metrics", headers={"X-API-Key": "x1"})).status_code == 200
+        assert (await client.get("/metrics", headers={"X-API-Key": "x2"})).status_code == 200
+        assert (await client.get("/metrics", headers={"X-API-Key": "x3"})).status_code == 429
+
+
+@asynccontextmanager
+async def serve_from(peer: str, **overrides) -> AsyncIterator[httpx.AsyncClient]:
+    """The app, with requests arriving from `peer` (the connection's address)."""
+    settings = Settings(
+        weights_dir=WEIGHTS_DIR, device="cpu", models=["mlp"], model="mlp", **overrides
+    )
+    app = create_app(settings)
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app, client=(peer, 40000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            yield client
+
+
+async def forwarded_statuses(client: httpx.AsyncClient, addresses: list[str]) -> list[int]:
+    statuses = []
+    for address in addresses:
+        r = await client.post("/predict", json=PIXELS, headers={"X-Forwarded-For": address})
+        statuses.append(r.status_code)
+    return statuses
+
+
+async def test_x_forwarded_for_counts_only_from_a_trusted_proxy() -> None:
+    rotating = [f"203.0.113.{i}" for i in range(4)]
+    # Off by default: the header is ignored, the connection's address is the client.
+    async with serve_from("127.0.0.1", rate_limit="2/minute") as client:
+        assert await forwarded_statuses(client, rotating) == [200, 200, 429, 429]
+    # Behind a trusted proxy: one bucket per client it names.
+    async with serve_from("10.0.0.5", rate_limit="2/minute", trusted_proxies=["10.0.0.0/8"]) as c:
+        assert await forwarded_statuses(c, ["198.51.100.7"] * 3) == [200, 200, 429]
+        assert await forwarded_statuses(c, ["198.51.100.8"]) == [200]
+        # A client's own X-Forwarded-For before the proxy's entry does not make it someone else.
+        spoofed = ["192.0.2.1, 198.51.100.7", "192.0.2.2, 198.51.100.7"]
+        assert await forwarded_statuses(c, spoofed) == [429, 429]
+    # From a peer that is not a trusted proxy, the header is ignored.
+    async with serve_from("192.0.2.50", rate_limit="2/minute", trusted_proxies=["10.0.0.0/8"]) as c:
+        assert await forwarded_statuses(c, rotating) == [200, 200, 429, 429]
+
+
+async def test_rate_limits_are_shared_through_redis() -> None:
+    """Two apps (as two worker processes would) behind one Redis: one count between them."""
+    with redis_server() as uri:
+        async with (
+            serve(rate_limit="3/minute", rate_limit_storage=uri) as first,
+            serve(rate_limit="3/minute", rate_limit_storage=uri) as second,
+        ):
+            statuses = []
+            for client in (first, second, first, second, first):
+                statuses.append((await client.post("/predict", json=PIXELS)).status_code)
+            assert statuses == [200, 200, 200, 429, 429]
+
+
+async def test_an_unreachable_redis_fails_open_logged_and_counted(caplog) -> None:
+    uri = f"redis://127.0.0.1:{free_port()}"  # nothing listens there
+    with caplog.at_level(logging.WARNING, logger="service"):
+        async with serve(rate_limit="1/minute", rate_limit_storage=uri) as client:
+            before = storage_errors((await client.get("/metrics")).text)
+            statuses = [(await client.post("/predict", json=PIXELS)).status_code for _ in range(3)]
+            after = storage_errors((await client.get("/metrics")).text)
+    assert statuses == [200, 200, 200]
+    assert after - before >= 3  # the 3 predictions and the first /metrics went unchecked
+    warnings = [r.getMessage() for r in caplog.records if "rate-limit storage" in r.getMessage()]
+    assert len(warnings) == 1, warnings  # once per outage, not once per request
+    assert f"127.0.0.1:{uri.rsplit(':', 1)[1]}" in warnings[0]
+
+
+async def test_a_redis_outage_mid_run_fails_open_then_limits_resume(caplog) -> None:
+    post = {"json": PIXELS}
+    with caplog.at_level(logging.INFO, logger="service"), redis_server() as uri:
+        async with serve(rate_limit="3/minute", rate_limit_storage=uri) as client:
+            assert (await client.post("/predict", **post)).status_code == 200
+            redis.Redis.from_url(uri).shutdown(nosave=True)  # Redis dies mid-run
+            before = storage_errors((await client.get("/metrics")).text)
+            statuses = [(await client.post("/predict", **post)).status_code for _ in range(5)]
+            assert statuses == [200] * 5  # over the limit, but unchecked: fail open
+            assert storage_errors((await client.get("/metrics")).text) - before >= 5
+            port = int(uri.rsplit(":", 1)[1])
+            with redis_server(port):  # back, empty; tried again after STORAGE_RETRY_S
+                await asyncio.sleep(STORAGE_RETRY_S + 0.2)
+                statuses = [(await client.post("/predict", **post)).status_code for _ in range(5)]
+                assert statuses == [200, 200, 200, 429, 429]
+    messages = [r.getMessage() for r in caplog.records if "rate-limit storage" in r.getMessage()]
+    assert len(messages) == 2 and "answers again" in messages[1], messages
+
+
+def storage_errors(metrics: str) -> float:
+    for line in metrics.splitlines():
+        if line.startswith("mnist_rate_limit_storage_errors_total "):
+            return float(line.split()[1])
+    raise AssertionError("mnist_rate_limit_storage_errors_total missing from /metrics")
+
+
+def test_unknown_rate_limit_storage_is_refused() -> None:
+    with pytest.raises(ValueError, match="memory:// or redis://"):
+        Settings(rate_limit_storage="memcached://127.0.0.1:11211")
