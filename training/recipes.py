@@ -71,7 +71,10 @@ RECIPES: dict[str, Recipe] = {
 
 # Clothing (Fashion-MNIST): mirrored clothes are still the same class, so flips are on; the
 # affine is a shift of up to 2 px (the images are centred, upright and scaled to fit; rotations
-# and shears do not occur in the data). Chosen on validation: bench/RESULTS.md.
+# and shears do not occur in the data). cnn: 94.86% validation without random erasing against
+# 94.84% with it (p=0.5), so erasing is off (it stays available: --set erase=0.5); shipped as
+# weights/fashion.pt, 94.52% test, 22.6 s on an H200. mlp: 89.64% test. rnn and fast: the
+# digit recipes with flips, not yet measured on a GPU. See bench/RESULTS.md.
 _SHIFT = {"degrees": 0.0, "scale": (1.0, 1.0), "shear_degrees": 0.0, "translate_px": 2.0}
 FASHION_RECIPES: dict[str, Recipe] = {
     "cnn": Recipe(
@@ -84,7 +87,6 @@ FASHION_RECIPES: dict[str, Recipe] = {
         amp=True,
         affine=_SHIFT,
         hflip=True,
-        erase=0.5,
     ),
     "mlp": Recipe(
         "mlp",
