@@ -185,15 +185,17 @@ def _prepare(
     return np.stack(images).astype(np.float32, copy=False)
 
 
-def _prediction(probs: np.ndarray, predictor: Predictor, image: np.ndarray | None) -> dict:
+def _prediction(
+    probs: np.ndarray, model: str, names: list[str], digits: bool, image: np.ndarray | None
+) -> dict:
     index = int(probs.argmax())
-    answer = {"digit": index} if predictor.dataset == "mnist" else {}
+    answer = {"digit": index} if digits else {}  # `digit` only where the classes are digits
     answer.update(
-        label=predictor.class_names[index],
+        label=names[index],
         class_index=index,
         confidence=float(probs[index]),
         probabilities=probs.tolist(),
-        model=predictor.name,
+        model=model,
         image=None if image is None else np.rint(image).astype(np.uint8).tolist(),
     )
     return answer
@@ -220,8 +222,9 @@ async def _predict(
         images = await run_in_threadpool(_prepare, jobs, batch, whole)
     request.state.model, request.state.images = predictor.name, len(images)
     probs = await registry.infer(predictor, images, arrival)
+    names, digits = predictor.class_names, predictor.dataset == "mnist"
     return [
-        _prediction(p, predictor, img if include_image else None)
+        _prediction(p, predictor.name, names, digits, img if include_image else None)
         for p, img in zip(probs, images, strict=True)
     ]
 

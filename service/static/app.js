@@ -105,6 +105,7 @@
   pad.addEventListener("pointerdown", (event) => {
     if (activePointer !== null || (event.pointerType === "mouse" && event.button !== 0)) return;
     if (!drawable()) {
+      digitEl.dataset.version = String(version);  // answered: nothing to send
       say("This model reads photos of clothing, shoes and bags: upload one (drawing is for "
         + "the digit models).", false);
       return;
@@ -315,6 +316,7 @@
     if (words && source.kind === "canvas") {
       resetPad();
       resetResult("Upload a photo to start.");
+      digitEl.dataset.version = String(version);
       say("This model reads photos of clothing, shoes and bags: upload one.", false);
     }
   }
