@@ -31,8 +31,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.machine import describe_cpu  # noqa: E402
+from service.errors import InputError  # noqa: E402
 from service.fashion_upload import fashion_upload  # noqa: E402
-from service.preprocess import InputError, preprocess_upload  # noqa: E402
+from service.upload import preprocess_upload  # noqa: E402
 from tests.conftest import FASHION_DIR  # noqa: E402
 from tests.uploads import encode, product_photo  # noqa: E402
 from training.checkpoint import load_weights  # noqa: E402

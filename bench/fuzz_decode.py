@@ -7,7 +7,7 @@
 The property is the one of tests/test_properties.py: any bytes give a (28, 28) uint8 digit or
 an InputError with a 4xx status. Anything else (another exception, a wrong shape) stops the
 run as a crash, with the input written to --artifacts. Pillow's Python decoders and
-service.preprocess are instrumented for coverage; the seed corpus holds small images of every
+service.upload are instrumented for coverage; the seed corpus holds small images of every
 mode in every format Pillow writes (PNG, JPEG, BMP, GIF, TIFF, WebP), so mutations start from
 real structure. Known, reported bugs are counted and printed instead of stopping the run,
 unless --strict.
@@ -27,11 +27,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-with atheris.instrument_imports(include=["PIL", "service.preprocess"]):
+with atheris.instrument_imports(include=["PIL", "service.upload"]):
     from PIL import Image
 
     Image.init()  # import every decoder plugin now, inside the instrumented block
-    from service.preprocess import InputError, preprocess_upload
+    from service.errors import InputError
+    from service.upload import preprocess_upload
 
 MAX_PIXELS = 1_000_000
 KNOWN: dict[str, int] = {}

@@ -38,8 +38,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.machine import describe_cpu
+from service.pixels import to_model_input
 from service.predictor import Predictor
-from service.preprocess import to_model_input
 from training.data import load_split
 
 Pass = Callable[[np.ndarray], np.ndarray]

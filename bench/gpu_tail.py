@@ -163,7 +163,7 @@ def warm_every_size(predictor, max_batch: int) -> None:
     import numpy as np
     import torch
 
-    from service.preprocess import to_model_input
+    from service.pixels import to_model_input
 
     with torch.inference_mode():
         for size in range(1, max_batch + 1):
@@ -362,8 +362,8 @@ def cudnn_test(device: str, max_batch: int) -> dict:
     import numpy as np
     import torch
 
+    from service.pixels import to_model_input
     from service.predictor import Predictor
-    from service.preprocess import to_model_input
 
     torch.backends.cudnn.benchmark = True  # what load_all sets on CUDA
     predictor = Predictor.load(REPO / "weights" / "cnn.pt", torch.device(device))

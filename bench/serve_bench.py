@@ -60,18 +60,52 @@ class Scenario:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+BOUNDARY = "benchboundary7f3a"
+MULTIPART = f"multipart/form-data; boundary={BOUNDARY}"
+
+
+def multipart(data: bytes, filename: str, ctype: str) -> bytes:
+    """One file in the form field `file`, as a browser sends it."""
+    head = (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"'
+        f"\r\nContent-Type: {ctype}\r\n\r\n"
+    )
+    return head.encode() + data + f"\r\n--{BOUNDARY}--\r\n".encode()
+
+
+def canvas_png(digit: np.ndarray, side: int = 448) -> bytes:
+    """What a drawing app exports: side x side RGBA, dark strokes on a transparent ground, the
+    digit about 300 px tall, off-centre."""
+    ink = Image.fromarray(digit).resize((420, 420), Image.Resampling.BICUBIC)
+    rgba = Image.new("RGBA", (side, side), (255, 255, 255, 0))
+    stroke = Image.new("RGBA", ink.size, (17, 17, 17, 255))
+    rgba.paste(stroke, (10, 24), ink)
+    buf = io.BytesIO()
+    rgba.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def paper_jpeg(digit: np.ndarray, side: int = 400) -> bytes:
+    """A phone photo of a digit on paper, side x side colour JPEG: uneven light, noise."""
+    rng = np.random.default_rng(7)
+    cover = np.asarray(Image.fromarray(digit).resize((260, 260), Image.Resampling.BICUBIC))
+    sheet = np.zeros((side, side), np.float32)
+    sheet[60:320, 90:350] = cover / 255.0
+    ys, xs = np.mgrid[0:side, 0:side] / side
+    light = 1.0 - 0.25 * xs - 0.15 * ys
+    grey = (225 * (1 - sheet) + 40 * sheet) * light + rng.normal(0, 4, sheet.shape)
+    rgb = np.clip(np.stack([grey, grey * 0.97, grey * 0.9], axis=-1), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, "JPEG", quality=85)
+    return buf.getvalue()
+
+
 def scenarios(digits: np.ndarray) -> list[Scenario]:
     png = io.BytesIO()
     Image.fromarray(digits[0]).save(png, "PNG")
-    boundary = "benchboundary7f3a"
-    multipart = (
-        (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="d.png"\r\n'
-            "Content-Type: image/png\r\n\r\n"
-        ).encode()
-        + png.getvalue()
-        + f"\r\n--{boundary}--\r\n".encode()
-    )
+    upload = multipart(png.getvalue(), "d.png", "image/png")
+    canvas = multipart(canvas_png(digits[0]), "drawing.png", "image/png")
+    photo = multipart(paper_jpeg(digits[0]), "photo.jpg", "image/jpeg")
     single = json.dumps({"pixels": digits[0].tolist()}).encode()
     batch = json.dumps({"images": [d.tolist() for d in digits[:256]]}).encode()
     npy = io.BytesIO()
@@ -93,9 +127,9 @@ def scenarios(digits: np.ndarray) -> list[Scenario]:
         }
     ).encode()
     return [
-        Scenario(
-            "PNG /predict", "/predict", multipart, f"multipart/form-data; boundary={boundary}", 1
-        ),
+        Scenario("PNG /predict", "/predict", upload, MULTIPART, 1),
+        Scenario("canvas 448px PNG /predict", "/predict", canvas, MULTIPART, 1),
+        Scenario("paper 400px JPEG /predict", "/predict", photo, MULTIPART, 1),
         Scenario("JSON /predict", "/predict", single, "application/json", 1),
         Scenario("JSON /predict/batch x256", "/predict/batch", batch, "application/json", 256),
         Scenario(

@@ -11,8 +11,8 @@ from fastapi import Depends, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from service.batcher import Arrival, MicroBatcher
+from service.errors import InputError
 from service.predictor import Predictor
-from service.preprocess import InputError
 
 
 @dataclass

@@ -12,9 +12,19 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.batcher import QueueFull
-from service.preprocess import InputError
 
 log = logging.getLogger("service")
+
+
+class InputError(ValueError):
+    """Input the service cannot turn into a digit; `status_code` is the HTTP status to answer,
+    `index` the failing image of a batch (None for a single input)."""
+
+    def __init__(self, message: str, status_code: int = 422, index: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status_code = status_code
+        self.index = index
 
 
 class PayloadTooLarge(Exception):
@@ -42,7 +52,7 @@ def _validation_message(exc: RequestValidationError) -> str:
 def install(app: FastAPI) -> None:
     @app.exception_handler(InputError)
     async def _input(_: Request, exc: InputError) -> JSONResponse:
-        return error_response(exc.status_code, exc.message, getattr(exc, "index", None))
+        return error_response(exc.status_code, exc.message, exc.index)
 
     @app.exception_handler(QueueFull)
     async def _busy(_: Request, exc: QueueFull) -> JSONResponse:

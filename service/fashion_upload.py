@@ -19,7 +19,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from service.preprocess import InputError, decode_image
+from service.errors import InputError
+from service.upload import decode_image
 
 SIDE = 28
 # The dataset's trimming threshold: 5% of the grey range from the corners' colour.

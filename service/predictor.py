@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from service.cuda_graphs import CudaGraphs
-from service.preprocess import to_model_input
+from service.pixels import to_model_input
 from service.telemetry import observe_inference
 from training.checkpoint import WeightsError, load_weights
 from training.device import device_name, select_device

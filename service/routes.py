@@ -18,19 +18,16 @@ from starlette.datastructures import UploadFile
 from service.batcher import Arrival
 from service.config import Settings
 from service.deps import ModelName, Registry, RegistryDep
+from service.errors import InputError
 from service.fashion_upload import check_pixel_request, fashion_upload
-from service.predictor import Predictor
-from service.preprocess import (
-    InputError,
-    is_cheap,
+from service.pixels import (
+    check_has_ink,
     ndarray_batch_to_array,
-    open_upload,
     pixel_batch_to_array,
     pixels_to_array,
-    preprocess_upload,
     read_npy,
-    upload_to_mnist,
 )
+from service.predictor import Predictor
 from service.schemas import (
     BatchPixelsRequest,
     BatchPrediction,
@@ -41,6 +38,7 @@ from service.schemas import (
     PixelsRequest,
     Prediction,
 )
+from service.upload import is_cheap, open_upload, preprocess_upload, upload_to_mnist
 
 router = APIRouter()
 # A numpy array saved with numpy.save: the cheapest body for many images (no text to parse).
@@ -172,17 +170,22 @@ def _prepare(
     the jobs run one by one.
     """
     if whole is not None and (prepared := whole()) is not None:
-        return prepared
-    images = []
-    for index, job in enumerate(jobs):
-        try:
-            images.append(job())
-        except InputError as exc:
-            if batch:
-                exc.message = f"image {index}: {exc.message}"
-                exc.index = index  # type: ignore[attr-defined]
-            raise
-    return np.stack(images).astype(np.float32, copy=False)
+        images = prepared
+    else:
+        images = np.stack([_item(job, index, batch) for index, job in enumerate(jobs)])
+        images = images.astype(np.float32, copy=False)
+    check_has_ink(images, batch)  # pixel arrays too: no ink, no digit
+    return images
+
+
+def _item(job: Callable[[], np.ndarray], index: int, batch: bool) -> np.ndarray:
+    try:
+        return job()
+    except InputError as exc:
+        if batch:
+            exc.message = f"image {index}: {exc.message}"
+            exc.index = index
+        raise
 
 
 def _prediction(

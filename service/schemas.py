@@ -25,7 +25,7 @@ PIXELS_SCHEMA = {
         },
     ],
 }
-# Validated by service.preprocess.pixels_to_array in one numpy call (shape, NaN, range), which
+# Validated by service.pixels.pixels_to_array in one numpy call (shape, NaN, range), which
 # is both faster and gives clearer messages than per-element validation.
 Pixels = Annotated[Any, WithJsonSchema(PIXELS_SCHEMA)]
 

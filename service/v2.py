@@ -42,8 +42,9 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from service.deps import Registry
+from service.errors import InputError
+from service.pixels import check_has_ink
 from service.predictor import Predictor
-from service.preprocess import InputError
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (v2)"])
 
@@ -351,6 +352,7 @@ def _input_images(spec: object, binary: bytes | None, max_batch: int) -> np.ndar
             raise _bad(f"input {INPUT!r}: values must be {SCALE}; found a huge integer") from None
     _check_range(flat)
     images = flat.reshape(shape[0], SIDE, SIDE)
+    check_has_ink(images, batch=shape[0] > 1)  # as on the REST paths: no ink, no digit
     if images.dtype == np.uint8:
         return images  # the model's own normalize() scales uint8 exactly as in training
     return images.astype(np.float32)

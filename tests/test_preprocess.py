@@ -16,16 +16,9 @@ import pytest
 import torch
 from PIL import Image, ImageFilter
 
-from service.preprocess import (
-    InputError,
-    as_mnist_digit,
-    decode_image,
-    image_to_mnist,
-    pixel_batch_to_array,
-    pixels_to_array,
-    preprocess_upload,
-    to_model_input,
-)
+from service.errors import InputError
+from service.pixels import pixel_batch_to_array, pixels_to_array, to_model_input
+from service.upload import as_mnist_digit, decode_image, image_to_mnist, preprocess_upload
 from tests.uploads import png_header_bomb
 from training.models import normalize
 
@@ -270,7 +263,7 @@ def test_mnist_form_pixel_arrays_take_step_0_too(seven: np.ndarray) -> None:
 def test_extreme_stroke_widths_are_brought_into_mnist_range(
     seven: np.ndarray, factor: float
 ) -> None:
-    from service.preprocess import stroke_width
+    from service.upload import stroke_width
 
     cover = ink_cover(seven, 200, (320, 320)) > 0.5
     # Thin: a fine pen (edge of the stroke only); thick: a marker (dilated stroke).

@@ -25,7 +25,9 @@ from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 from PIL import Image, ImageDraw
 
-from service.preprocess import InputError, image_to_mnist, pixels_to_array, preprocess_upload
+from service.errors import InputError
+from service.pixels import pixels_to_array
+from service.upload import image_to_mnist, preprocess_upload
 
 # The service's default pixel limit; the near-limit properties use their own low limits.
 MAX_PIXELS = 40_000_000

@@ -20,7 +20,7 @@ from tests.conftest import WEIGHTS_DIR
 from training.checkpoint import WeightsError, load_weights
 
 pytestmark = pytest.mark.anyio
-PIXELS = {"pixels": [0] * 784}
+PIXELS = {"pixels": [0] * 392 + [255] * 392}  # any pixel array with ink
 
 
 @pytest.fixture(scope="module")

@@ -231,7 +231,7 @@ async def test_bad_input_gets_a_clear_4xx(
     assert r.status_code == status, r.text
     assert fragment.lower() in r.json()["error"].lower()
     # ... and the server still answers correctly afterwards.
-    ok = await client.post("/predict", json={"pixels": [0] * 784})
+    ok = await client.post("/predict", json={"pixels": [0] * 392 + [255] * 392})
     assert ok.status_code == 200
 
 
@@ -492,7 +492,9 @@ async def test_one_structured_log_line_per_request(client: httpx.AsyncClient, ca
     import logging
 
     with caplog.at_level(logging.INFO, logger="service.access"):
-        await client.post("/predict/batch?model=mlp", json={"images": [[0] * 784] * 3})
+        await client.post(
+            "/predict/batch?model=mlp", json={"images": [[0] * 392 + [255] * 392] * 3}
+        )
     lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "service.access"]
     assert len(lines) == 1
     assert lines[0] | {"latency_ms": 0} == {

@@ -379,7 +379,14 @@ async def test_inference_runs_off_the_event_loop(
 
 def _request(inputs: object = None, **extra: object) -> bytes:
     if inputs is None:
-        inputs = [{"name": "images", "datatype": "UINT8", "shape": [1, 784], "data": [0] * 784}]
+        inputs = [
+            {
+                "name": "images",
+                "datatype": "UINT8",
+                "shape": [1, 784],
+                "data": [0] * 392 + [255] * 392,
+            }
+        ]
     return json.dumps({"inputs": inputs, **extra}).encode()
 
 
@@ -388,7 +395,7 @@ def _one(datatype: str = "UINT8", shape: list | None = None, data: object = None
         "name": "images",
         "datatype": datatype,
         "shape": [1, 784] if shape is None else shape,
-        "data": [0] * 784 if data is None else data,
+        "data": [0] * 392 + [255] * 392 if data is None else data,
         **kw,
     }
     return _request([spec])
