@@ -18,6 +18,20 @@ from training.device import device_name, select_device
 from training.quantize import Int8UnavailableError, StaleInt8Error, int8_path, load_int8
 
 log = logging.getLogger("service")
+DIGITS = tuple(str(d) for d in range(10))
+# What each dataset's models take, as /model and the v2 metadata describe it.
+PIXELS = {
+    "mnist": "grey levels 0-255, 0 = background, 255 = ink (MNIST polarity)",
+    "fashion-mnist": "grey levels 0-255, 0 = background, 255 = the brightest part of the object "
+    "(Fashion-MNIST form: the object light on dark, scaled to fit 28x28 and centred)",
+}
+UPLOADS = {
+    "mnist": "digit pipeline: ink found and cropped, strokes evened, scaled into a 20 px box, "
+    "centred by mass (422 when no digit is found)",
+    "fashion-mnist": "Fashion-MNIST pipeline: trimmed to the object, background to 0 (light "
+    "backgrounds negated), longest edge scaled to 28, sharpened, centred; 28x28 images are "
+    "taken as they are (422 when the image is one flat colour)",
+}
 
 
 def inference_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
@@ -63,6 +77,16 @@ class Predictor:
     @property
     def key(self) -> str:
         return f"{self.name}@{self.version}"
+
+    @property
+    def dataset(self) -> str:
+        """`mnist` or `fashion-mnist`: what the model was trained on (weights' metadata)."""
+        return self.metadata.get("dataset", {}).get("name", "mnist")
+
+    @property
+    def class_names(self) -> list[str]:
+        """Class names, index = class; digit models made before names were recorded: 0-9."""
+        return list(self.metadata.get("class_names") or DIGITS)
 
     @classmethod
     def load(
@@ -125,10 +149,13 @@ class Predictor:
             "parameters": meta.get("parameters"),
             "input": {
                 "shape": [1, 28, 28],
-                "pixels": "grey levels 0-255, 0 = background, 255 = ink (MNIST polarity)",
+                "pixels": PIXELS.get(self.dataset, PIXELS["mnist"]),
                 "normalization": meta.get("input", {}).get("normalization"),
+                "uploads": UPLOADS.get(self.dataset, UPLOADS["mnist"]),
             },
+            "dataset": self.dataset,
             "classes": meta.get("classes", list(range(10))),
+            "class_names": self.class_names,
             "weights_file": self.weights_path.name,
             "sha256": meta["sha256"],
             "test_accuracy": meta.get("test", {}).get("accuracy"),

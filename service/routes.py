@@ -19,6 +19,7 @@ from service.batcher import Arrival
 from service.config import Settings
 from service.deps import ModelName, Registry, RegistryDep
 from service.errors import InputError
+from service.fashion_upload import check_pixel_request, fashion_upload
 from service.pixels import (
     check_has_ink,
     ndarray_batch_to_array,
@@ -187,15 +188,20 @@ def _item(job: Callable[[], np.ndarray], index: int, batch: bool) -> np.ndarray:
         raise
 
 
-def _prediction(probs: np.ndarray, model: str, image: np.ndarray | None) -> dict:
-    digit = int(probs.argmax())
-    return {
-        "digit": digit,
-        "confidence": float(probs[digit]),
-        "probabilities": probs.tolist(),
-        "model": model,
-        "image": None if image is None else np.rint(image).astype(np.uint8).tolist(),
-    }
+def _prediction(
+    probs: np.ndarray, model: str, names: list[str], digits: bool, image: np.ndarray | None
+) -> dict:
+    index = int(probs.argmax())
+    answer = {"digit": index} if digits else {}  # `digit` only where the classes are digits
+    answer.update(
+        label=names[index],
+        class_index=index,
+        confidence=float(probs[index]),
+        probabilities=probs.tolist(),
+        model=model,
+        image=None if image is None else np.rint(image).astype(np.uint8).tolist(),
+    )
+    return answer
 
 
 async def _predict(
@@ -219,8 +225,9 @@ async def _predict(
         images = await run_in_threadpool(_prepare, jobs, batch, whole)
     request.state.model, request.state.images = predictor.name, len(images)
     probs = await registry.infer(predictor, images, arrival)
+    names, digits = predictor.class_names, predictor.dataset == "mnist"
     return [
-        _prediction(p, predictor.name, img if include_image else None)
+        _prediction(p, predictor.name, names, digits, img if include_image else None)
         for p, img in zip(probs, images, strict=True)
     ]
 
@@ -236,12 +243,16 @@ def _json(content: dict) -> Response:
     response_model=Prediction,
     responses=ERRORS,
     openapi_extra=_body("file", PixelsRequest, many=False),
-    summary="Recognise one digit",
+    summary="Recognise one digit (or, with a Fashion-MNIST model, one piece of clothing)",
     description="One image as multipart/form-data in the field `file` (any size, dark ink on "
     "light paper or light on dark, transparent canvases too: it is cropped, scaled and centred "
     'as MNIST was), or JSON `{"pixels": ...}` already in MNIST form (28x28 or 784 grey '
     "levels 0-255, 0 = background), or the same as a numpy array in an `application/x-npy` "
-    "body (`numpy.save`).",
+    "body (`numpy.save`). The answer names the class (`label`, `class_index`; digit models "
+    "also `digit`); `/models` lists each model's `class_names`. A Fashion-MNIST model's "
+    "uploads go through that dataset's preprocessing instead (trimmed to the object, light "
+    "backgrounds negated, longest edge scaled to 28, centred; 422 for a flat image), and "
+    "`normalize=true` on arrays (the digit pipeline) is refused for it with a 422.",
 )
 async def predict(
     request: Request, model: ModelName = None, include_image: bool = False
@@ -256,14 +267,18 @@ async def predict(
                 raise InputError(
                     f"send one file in 'file' (got {len(files)}); use /predict/batch for several"
                 )
-            upload = open_upload(files[0], settings.max_image_pixels)  # the header only
-            job = partial(upload_to_mnist, upload)
-            cheap = is_cheap(upload)
+            if predictor.dataset != "mnist":  # not digits: that dataset's own preprocessing
+                job, cheap = partial(fashion_upload, files[0], settings.max_image_pixels), False
+            else:
+                upload = open_upload(files[0], settings.max_image_pixels)  # the header only
+                job = partial(upload_to_mnist, upload)
+                cheap = is_cheap(upload)
         elif kind == "npy":
             job = partial(pixels_to_array, read_npy(await request.body()))
             cheap = True
         else:
             body = await _json_body(request, PixelsRequest)
+            check_pixel_request(predictor.dataset, body.normalize)
             job = partial(pixels_to_array, body.pixels, body.normalize)
             cheap = not body.normalize
         (answer,) = await _predict(
@@ -293,7 +308,8 @@ async def predict_batch(
         kind = _content_kind(request)
         if kind == "multipart":
             files = await _uploads(request, "files", settings)
-            jobs = [partial(preprocess_upload, f, settings.max_image_pixels) for f in files]
+            prepare = preprocess_upload if predictor.dataset == "mnist" else fashion_upload
+            jobs = [partial(prepare, f, settings.max_image_pixels) for f in files]
         elif kind == "npy":
             pixels = read_npy(await request.body())
             if pixels.ndim not in (2, 3) or pixels.shape[1:] not in ((28, 28), (784,)):
@@ -303,6 +319,7 @@ async def predict_batch(
             whole, cheap = partial(ndarray_batch_to_array, pixels), True
         else:
             body = await _json_body(request, BatchPixelsRequest)
+            check_pixel_request(predictor.dataset, body.normalize)
             jobs = [partial(pixels_to_array, p, body.normalize) for p in body.images]
             if not body.normalize:  # all checked in one pass over the batch when uniform
                 whole = partial(pixel_batch_to_array, body.images)

@@ -58,9 +58,15 @@ class BatchPixelsRequest(BaseModel):
 
 
 class Prediction(BaseModel):
-    digit: int = Field(ge=0, le=9, description="the most probable digit")
-    confidence: float = Field(description="probability of that digit")
-    probabilities: list[float] = Field(description="10 probabilities summing to 1, index = digit")
+    digit: int | None = Field(
+        None, ge=0, le=9, description="the most probable digit (digit models only)"
+    )
+    label: str = Field(description='the name of the most probable class ("7", "Sneaker")')
+    class_index: int = Field(ge=0, le=9, description="its index into the model's class_names")
+    confidence: float = Field(description="probability of that class")
+    probabilities: list[float] = Field(
+        description="10 probabilities summing to 1, index = class (for digit models: the digit)"
+    )
     model: str = Field(description="the model that answered")
     image: list[list[int]] | None = Field(
         None, description="the 28x28 input the model saw (only with ?include_image=true)"
@@ -70,6 +76,8 @@ class Prediction(BaseModel):
             "examples": [
                 {
                     "digit": 7,
+                    "label": "7",
+                    "class_index": 7,
                     "confidence": 0.998,
                     "model": "cnn",
                     "probabilities": [0.0, 0.0, 0.001, 0.0, 0.0, 0.0, 0.0, 0.998, 0.0, 0.001],
@@ -104,7 +112,9 @@ class ModelInfo(BaseModel):
     architecture: str
     parameters: int | None
     input: dict
+    dataset: str = Field(description="mnist (digits) or fashion-mnist (clothing)")
     classes: list[int]
+    class_names: list[str] = Field(description="the class names, index = class")
     weights_file: str
     sha256: str
     test_accuracy: float | None

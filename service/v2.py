@@ -14,9 +14,11 @@ unchanged:
 A model has numbered versions (`cnn.pt` is version 1, `cnn.v2.pt` version 2; the plain
 paths serve the highest). It takes one input, `images`: grey levels 0-255 in
 MNIST polarity (0 = background, 255 = ink), FP32 or UINT8 (other integer and float types too),
-shaped [N, 1, 28, 28], [N, 28, 28] or [N, 784]. It gives two outputs: `probabilities`
-(FP32 [N, 10]) and `digit` (INT64 [N]). Errors are `{"error": "..."}` with 400 for bad input,
-404 for an unknown model or version, 413 over a size limit and 503 before the models are loaded.
+shaped [N, 1, 28, 28], [N, 28, 28] or [N, 784]. Its outputs: `probabilities` (FP32 [N, 10]),
+`class_index` (INT64 [N], the argmax), `label` (BYTES [N], that class's name: "7", "Sneaker")
+and, for digit models only, `digit` (INT64 [N], as `class_index`). Errors are
+`{"error": "..."}` with 400 for bad input, 404 for an unknown model or version, 413 over a size
+limit and 503 before the models are loaded.
 
 Binary tensors: a request with the header `Inference-Header-Content-Length: L` carries L bytes
 of JSON and then, in input order, the raw little-endian bytes of each input that has
@@ -58,8 +60,8 @@ CHEAP_BODY_BYTES = 64 * 1024
 INPUT = "images"
 SIDE = 28
 PIXELS = SIDE * SIDE
-OUTPUTS = {"probabilities": "FP32", "digit": "INT64"}
-OUTPUT_SHAPES = {"probabilities": [-1, 10], "digit": [-1]}
+OUTPUTS = {"probabilities": "FP32", "digit": "INT64", "class_index": "INT64", "label": "BYTES"}
+OUTPUT_SHAPES = {"probabilities": [-1, 10], "digit": [-1], "class_index": [-1], "label": [-1]}
 
 # Wire datatypes accepted for the input (little-endian, as the binary extension requires).
 DTYPES = {
@@ -78,14 +80,34 @@ DTYPES = {
 OUT_DTYPES = {"FP32": np.dtype("<f4"), "INT64": np.dtype("<i8")}
 SHAPES = "[N, 1, 28, 28], [N, 28, 28] or [N, 784]"
 SCALE = "grey levels 0-255, MNIST polarity: 0 = background, 255 = ink"
+FASHION_SCALE = (
+    "grey levels 0-255, Fashion-MNIST form: 0 = background, 255 = the brightest part of the "
+    "object (not 0-1, not mean/std normalised: the server normalises)"
+)
 
 MODEL_PARAMETERS = {
     "value_range": "0-255",
     "value_scale": f"{SCALE} (not 0-1, not mean/std normalised: the server normalises)",
     "input_shapes": SHAPES,
     "input_datatypes": "FP32 or UINT8; also FP16, FP64, INT8-INT64, UINT16-UINT64",
-    "classes": "digits 0-9; `digit` is the argmax of `probabilities`",
 }
+
+
+def _outputs(predictor: Predictor) -> dict[str, str]:
+    """The model's outputs and their datatypes: `digit` only for digit models."""
+    return {k: v for k, v in OUTPUTS.items() if k != "digit" or predictor.dataset == "mnist"}
+
+
+def _class_parameters(predictor: Predictor) -> dict[str, str]:
+    # v2 parameters are strings, numbers or booleans: the names as one "index: name" string.
+    names = predictor.class_names
+    scale = {} if predictor.dataset == "mnist" else {"value_scale": FASHION_SCALE}
+    return {
+        **scale,
+        "dataset": predictor.dataset,
+        "classes": ", ".join(f"{i}: {name}" for i, name in enumerate(names))
+        + "; `class_index` is the argmax of `probabilities`, `label` its name",
+    }
 
 
 # --------------------------------------------------------------------------- helpers
@@ -124,16 +146,20 @@ def _metadata(predictor: Predictor, max_batch: int, versions: list[str]) -> dict
         "inputs": [{"name": INPUT, "datatype": "FP32", "shape": [-1, 1, SIDE, SIDE]}],
         "outputs": [
             {"name": name, "datatype": dtype, "shape": OUTPUT_SHAPES[name]}
-            for name, dtype in OUTPUTS.items()
+            for name, dtype in _outputs(predictor).items()
         ],
         "parameters": {
             **MODEL_PARAMETERS,
+            **_class_parameters(predictor),
             "max_batch_size": max_batch,
             "architecture": info["architecture"],
             "weights_sha256": info["sha256"],
             "device": info["device"],
         },
     }
+
+
+_TRITON_TYPES = {"BYTES": "TYPE_STRING"}  # Triton's config name for the BYTES datatype
 
 
 def _config(predictor: Predictor, max_batch: int) -> dict:
@@ -145,8 +171,12 @@ def _config(predictor: Predictor, max_batch: int) -> dict:
         "max_batch_size": max_batch,
         "input": [{"name": INPUT, "data_type": "TYPE_FP32", "dims": [1, SIDE, SIDE]}],
         "output": [
-            {"name": name, "data_type": f"TYPE_{dtype}", "dims": OUTPUT_SHAPES[name][1:]}
-            for name, dtype in OUTPUTS.items()
+            {
+                "name": name,
+                "data_type": _TRITON_TYPES.get(dtype, f"TYPE_{dtype}"),
+                "dims": OUTPUT_SHAPES[name][1:],
+            }
+            for name, dtype in _outputs(predictor).items()
         ],
     }
 
@@ -328,7 +358,7 @@ def _input_images(spec: object, binary: bytes | None, max_batch: int) -> np.ndar
     return images.astype(np.float32)
 
 
-def _requested_outputs(body: dict) -> list[tuple[str, bool]]:
+def _requested_outputs(body: dict, available: dict[str, str]) -> list[tuple[str, bool]]:
     params = body.get("parameters") or {}
     if not isinstance(params, dict):
         raise _bad("'parameters' must be a JSON object")
@@ -337,14 +367,14 @@ def _requested_outputs(body: dict) -> list[tuple[str, bool]]:
         raise _bad("parameters.binary_data_output must be true or false")
     asked = body.get("outputs")
     if asked is None or asked == []:
-        return [(name, default_binary) for name in OUTPUTS]
+        return [(name, default_binary) for name in available]
     if not isinstance(asked, list):
         raise _bad("'outputs' must be a list of {\"name\": ...} objects")
     outputs: list[tuple[str, bool]] = []
     for item in asked:
         name = item.get("name") if isinstance(item, dict) else None
-        if not isinstance(name, str) or name not in OUTPUTS:  # lists are unhashable
-            raise _bad(f"unknown output {name!r}; this model gives {', '.join(OUTPUTS)}")
+        if not isinstance(name, str) or name not in available:  # lists are unhashable
+            raise _bad(f"unknown output {name!r}; this model gives {', '.join(available)}")
         if any(name == seen for seen, _ in outputs):
             raise _bad(f"output {name!r} requested twice")
         out_params = item.get("parameters") or {}
@@ -360,7 +390,9 @@ def _requested_outputs(body: dict) -> list[tuple[str, bool]]:
     return outputs
 
 
-def _parse_request(body: bytes, header_length: str | None, max_batch: int) -> InferRequest:
+def _parse_request(
+    body: bytes, header_length: str | None, max_batch: int, available: dict[str, str]
+) -> InferRequest:
     request, binary = _split_body(body, header_length)
     request_id = request.get("id")
     if request_id is not None and not isinstance(request_id, str):
@@ -369,7 +401,7 @@ def _parse_request(body: bytes, header_length: str | None, max_batch: int) -> In
     if not isinstance(inputs, list) or len(inputs) != 1:
         raise _bad(f"'inputs' must be a list of exactly one tensor, {INPUT!r} ({SHAPES})")
     images = _input_images(inputs[0], binary, max_batch)
-    return InferRequest(images, _requested_outputs(request), request_id)
+    return InferRequest(images, _requested_outputs(request, available), request_id)
 
 
 # --------------------------------------------------------------------------- the answer
@@ -380,22 +412,43 @@ def _json_floats(values: np.ndarray) -> list[float]:
     return [float(str(v)) for v in values]
 
 
+def _bytes_tensor(values: list[str]) -> bytes:
+    """Triton's binary BYTES layout: each element as a 4-byte little-endian length, then it."""
+    parts = []
+    for value in values:
+        raw = value.encode()
+        parts += [len(raw).to_bytes(4, "little"), raw]
+    return b"".join(parts)
+
+
 def _answer(
-    parsed: InferRequest, probs: np.ndarray, model: str, version: str
+    parsed: InferRequest, probs: np.ndarray, model: str, version: str, names: list[str]
 ) -> tuple[bytes, dict[str, str], str]:
     n = len(probs)
+    index = probs.argmax(axis=1).astype(OUT_DTYPES["INT64"])
     tensors = {
         "probabilities": probs.astype(OUT_DTYPES["FP32"]),
-        "digit": probs.argmax(axis=1).astype(OUT_DTYPES["INT64"]),
+        "digit": index,
+        "class_index": index,
     }
     outputs, tail = [], []
     for name, binary in parsed.outputs:
-        tensor = tensors[name]
         out: dict[str, Any] = {
             "name": name,
             "datatype": OUTPUTS[name],
             "shape": [n, *OUTPUT_SHAPES[name][1:]],
         }
+        if name == "label":
+            labels = [names[i] for i in index.tolist()]
+            if binary:
+                raw = _bytes_tensor(labels)
+                out["parameters"] = {"binary_data_size": len(raw)}
+                tail.append(raw)
+            else:
+                out["data"] = labels
+            outputs.append(out)
+            continue
+        tensor = tensors[name]
         if binary:
             raw = tensor.tobytes()
             out["parameters"] = {"binary_data_size": len(raw)}
@@ -452,12 +505,12 @@ async def _infer(request: Request, predictor: Predictor) -> Response:
         cheap = encoding == "identity" and len(body) <= CHEAP_BODY_BYTES
         if encoding != "identity":
             body = await run_in_threadpool(_decompress, body, encoding, settings.max_request_bytes)
-        args = (body, header_length, settings.max_batch_size)
+        args = (body, header_length, settings.max_batch_size, _outputs(predictor))
         parsed = _parse_request(*args) if cheap else await run_in_threadpool(_parse_request, *args)
         # The model runs on the micro-batcher's thread (joined with concurrent REST and v2
         # requests; a full queue answers 503) or, with batching off, in the threadpool.
         probs = await registry.infer(predictor, parsed.images, arrival)
-    answer = (parsed, probs, predictor.name, predictor.version)
+    answer = (parsed, probs, predictor.name, predictor.version, predictor.class_names)
     if cheap:
         content, headers, media_type = _answer(*answer)
     else:
@@ -475,7 +528,10 @@ ERRORS = {
 INFER_DOC = dict(
     summary="Inference: JSON or binary tensors",
     description=f"One input, `{INPUT}`: {SCALE}; FP32 or UINT8; shape {SHAPES}. Outputs "
-    "`probabilities` (FP32 [N, 10]) and `digit` (INT64 [N]). Binary tensors: "
+    "`probabilities` (FP32 [N, 10]), `class_index` (INT64 [N]), `label` (BYTES [N], the class "
+    "name) and, for digit models, `digit` (INT64 [N]); a model's metadata lists its classes "
+    "(`parameters.classes`). Fashion-MNIST models take the same tensors, in that dataset's "
+    "form (object light on dark). Binary tensors: "
     f"`{HEADER_LENGTH}` bytes of JSON, then the raw little-endian tensor bytes.",
     responses=ERRORS,
     response_class=Response,

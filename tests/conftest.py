@@ -13,6 +13,8 @@ WEIGHTS_DIR = REPO_ROOT / "weights"
 MNIST_DIR = Path(
     os.environ.get("MNIST_DATA_DIR", REPO_ROOT.parent / "shared" / "datasets" / "mnist")
 )
+# Debian's dataset-fashion-mnist package (CI installs it) puts the four files here.
+FASHION_DIR = Path(os.environ.get("FASHION_MNIST_DATA_DIR", "/usr/share/datasets/fashion-mnist"))
 
 
 @pytest.fixture(scope="session")
@@ -28,3 +30,21 @@ def mnist_test(mnist_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     from training.data import load_split
 
     return load_split(mnist_dir, "test")
+
+
+@pytest.fixture(scope="session")
+def fashion_dir() -> Path:
+    if not (FASHION_DIR / "t10k-images-idx3-ubyte.gz").exists():
+        pytest.fail(
+            f"Fashion-MNIST files not found in {FASHION_DIR}: `apt-get install -y "
+            "dataset-fashion-mnist`, or set FASHION_MNIST_DATA_DIR"
+        )
+    return FASHION_DIR
+
+
+@pytest.fixture(scope="session")
+def fashion_test(fashion_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The real Fashion-MNIST test split, parsed (and checksum-verified) from its IDX files."""
+    from training.data import load_split
+
+    return load_split(fashion_dir, "test", dataset="fashion-mnist")

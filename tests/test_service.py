@@ -50,6 +50,8 @@ def assert_prediction(body: dict) -> None:
     assert sum(body["probabilities"]) == pytest.approx(1.0, abs=1e-9)
     assert body["confidence"] == max(body["probabilities"])
     assert body["probabilities"][body["digit"]] == body["confidence"]
+    # Every answer names its class; for a digit model the name is the digit.
+    assert body["class_index"] == body["digit"] and body["label"] == str(body["digit"])
 
 
 async def test_health_endpoints(client: httpx.AsyncClient) -> None:
@@ -129,7 +131,10 @@ async def test_model_choice_and_info(client: httpx.AsyncClient, mnist_test) -> N
     assert len(info["sha256"]) == 64 and info["parameters"] > 100_000
     listed = (await client.get("/models")).json()
     assert listed["default"] == "cnn"
-    assert [m["name"] for m in listed["models"]] == ["cnn", "mlp", "rnn"]
+    assert [m["name"] for m in listed["models"]] == ["cnn", "fashion", "mlp", "rnn"]
+    digit_models = [m for m in listed["models"] if m["dataset"] == "mnist"]
+    assert [m["name"] for m in digit_models] == ["cnn", "mlp", "rnn"]
+    assert all(m["class_names"] == [str(d) for d in range(10)] for m in digit_models)
 
 
 async def test_include_image_returns_what_the_model_saw(client: httpx.AsyncClient, mnist_test):
@@ -477,7 +482,7 @@ async def check_metrics(client: httpx.AsyncClient, mnist_test) -> None:
     assert metric(after, "mnist_batch_size_count", model="mlp") > 0
     assert metric(after, "mnist_inference_duration_seconds_count", model="mlp") > 0
     assert metric(after, "mnist_request_duration_seconds_count", endpoint="/predict") > 0
-    assert metric(after, "mnist_models_loaded") == 3
+    assert metric(after, "mnist_models_loaded") == 4  # cnn, fashion, mlp, rnn
     assert metric(after, "mnist_model_ready", model="cnn") == 1
     assert metric(after, "mnist_device_info", device="cpu") == 1
 

@@ -21,6 +21,7 @@ from tests.servers import running_service
 
 MAX_BATCH = 32
 N = 16  # real MNIST test images per inference
+DIGIT_OUTPUTS = ["probabilities", "digit", "class_index", "label"]  # a digit model's, in order
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +81,10 @@ def read_outputs(r: httpx.Response) -> tuple[dict, dict[str, np.ndarray]]:
     tensors, offset = {}, 0
     for out in header["outputs"]:
         size = out.get("parameters", {}).get("binary_data_size")
-        if size is None:
+        if out["datatype"] == "BYTES":  # strings: JSON, or each a 4-byte length and its bytes
+            values = np.array(out["data"] if size is None else bytes_elements(tail, offset, size))
+            offset += size or 0
+        elif size is None:
             values = np.array(out["data"], dtype=dtypes[out["datatype"]])
         else:
             values = np.frombuffer(tail[offset : offset + size], dtype=dtypes[out["datatype"]])
@@ -90,12 +94,27 @@ def read_outputs(r: httpx.Response) -> tuple[dict, dict[str, np.ndarray]]:
     return header, tensors
 
 
+def bytes_elements(tail: bytes, offset: int, size: int) -> list[str]:
+    """Triton's binary BYTES layout: a 4-byte little-endian length, then the bytes, each."""
+    out, end = [], offset + size
+    while offset < end:
+        length = int.from_bytes(tail[offset : offset + 4], "little")
+        out.append(tail[offset + 4 : offset + 4 + length].decode())
+        offset += 4 + length
+    assert offset == end
+    return out
+
+
 def check_digits(tensors: dict[str, np.ndarray], labels: np.ndarray) -> None:
     probs, digits = tensors["probabilities"], tensors["digit"]
     assert probs.shape == (len(labels), 10) and digits.shape == (len(labels),)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
     assert (probs.argmax(axis=1) == digits).all()
     assert digits.tolist() == labels.tolist()
+    if "class_index" in tensors:  # the same index, and for digits the name is the digit
+        assert tensors["class_index"].tolist() == digits.tolist()
+    if "label" in tensors:
+        assert tensors["label"].tolist() == [str(d) for d in labels]
 
 
 # --------------------------------------------------------------------------- metadata, health
@@ -123,6 +142,8 @@ async def test_model_metadata(client: httpx.AsyncClient, model: str, version: st
     assert meta["outputs"] == [
         {"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]},
         {"name": "digit", "datatype": "INT64", "shape": [-1]},
+        {"name": "class_index", "datatype": "INT64", "shape": [-1]},
+        {"name": "label", "datatype": "BYTES", "shape": [-1]},
     ]
     params = meta["parameters"]
     assert params["value_range"] == "0-255"
@@ -149,7 +170,7 @@ async def test_model_ready_and_config(client: httpx.AsyncClient) -> None:
     config = (await client.get("/v2/models/cnn/config")).json()
     assert config["max_batch_size"] == MAX_BATCH
     assert config["input"] == [{"name": "images", "data_type": "TYPE_FP32", "dims": [1, 28, 28]}]
-    assert [o["name"] for o in config["output"]] == ["probabilities", "digit"]
+    assert [o["name"] for o in config["output"]] == DIGIT_OUTPUTS
 
 
 @pytest.mark.anyio
@@ -203,7 +224,7 @@ async def test_infer_json(
     answer, tensors = read_outputs(r)
     assert answer["model_name"] == "cnn" and answer["model_version"] == "1"
     assert "id" not in answer
-    assert [o["name"] for o in answer["outputs"]] == ["probabilities", "digit"]
+    assert [o["name"] for o in answer["outputs"]] == DIGIT_OUTPUTS
     check_digits(tensors, labels[:N])
 
 

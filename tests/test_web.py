@@ -27,7 +27,7 @@ from service.app import create_app
 from service.config import Settings
 from tests.conftest import REPO_ROOT
 from tests.servers import running_service
-from tests.uploads import encode, paper
+from tests.uploads import encode, paper, product_photo
 
 CHROMIUM = Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"))
 # Without the background-networking flags Chromium tries to reach Google's services, and on a
@@ -405,6 +405,33 @@ def test_upload_preview_and_friendly_errors(desktop, mnist_test) -> None:
     desktop.unroute("**/predict*")
     desktop.click("#predict")
     assert shown(desktop) == "1"
+
+
+@pytest.mark.slow
+def test_fashion_model_takes_uploads_and_names_its_classes(desktop, fashion_test) -> None:
+    images, labels = fashion_test
+    options = desktop.locator("#model option").all_inner_texts()
+    assert any(o.startswith("fashion") and "on Fashion-MNIST test" in o for o in options)
+    desktop.select_option("#model", "fashion")
+    names = desktop.locator("#bars .bar-digit").all_inner_texts()
+    assert names[0] == "T-shirt/top" and names[9] == "Ankle boot"
+    # No drawing for clothes: the page says to upload, and sends nothing.
+    draw(desktop, HAND_DRAWN["1"])
+    assert "upload one" in message(desktop)
+    assert desktop.locator("#digit").inner_text() == "?"
+    rng = np.random.default_rng(5)
+    for cls in (1, 8):  # a trouser and a bag, as shop photos through the file picker
+        i = int(np.flatnonzero(labels == cls)[0])
+        desktop.set_input_files("#file", png(product_photo(images[i], rng)))
+        assert shown(desktop) == names[cls]
+        assert desktop.locator("#bars .bar").nth(cls).get_attribute("class") == "bar best"
+        assert message(desktop) == f"Looks like: {names[cls]}."
+    # Back to a digit model: digits on the bars, drawing works again.
+    desktop.select_option("#model", "cnn")
+    assert desktop.locator("#bars .bar-digit").all_inner_texts() == [str(d) for d in range(10)]
+    desktop.click("#clear")
+    draw(desktop, HAND_DRAWN["7"])
+    assert shown(desktop) == "7"
 
 
 # Counts the page's /predict requests and how many run at once; each takes 400 ms more here,

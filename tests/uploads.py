@@ -58,3 +58,16 @@ def canvas(digit: np.ndarray, rng: np.random.Generator) -> Image.Image:
     ink.putalpha(alpha)
     rgba.paste(ink, (int(rng.integers(0, 80)), int(rng.integers(0, 80))), ink)
     return rgba
+
+
+def product_photo(item: np.ndarray, rng: np.random.Generator) -> Image.Image:
+    """A Fashion-MNIST item as a shop photo: dark on a light, slightly noisy studio backdrop,
+    enlarged and placed off-centre with margins of random sizes (the dataset's source form)."""
+    side = int(rng.integers(80, 240))
+    dark = Image.fromarray(255 - item).resize((side, side), Image.Resampling.BICUBIC)
+    background = int(rng.integers(225, 256))
+    top, left = (int(v) for v in rng.integers(10, 120, 2))
+    sheet = np.full((side + top + int(rng.integers(10, 120)), side + left + 40), 255.0)
+    sheet[top : top + side, left : left + side] = np.asarray(dark, dtype=np.float32)
+    sheet = sheet * (background / 255) + rng.normal(0, 2, sheet.shape)
+    return Image.fromarray(np.clip(sheet, 0, 255).astype(np.uint8)).convert("RGB")

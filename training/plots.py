@@ -34,18 +34,22 @@ def curves(history: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def confusion(matrix: list[list[int]], path: Path) -> None:
+def confusion(matrix: list[list[int]], path: Path, labels: list[str] | None = None) -> None:
+    labels = labels or [str(i) for i in range(10)]
     m = np.array(matrix)
     fig, ax = plt.subplots(figsize=(6, 5.5))
     off_diagonal = m.copy()
     np.fill_diagonal(off_diagonal, 0)
     ax.imshow(off_diagonal, cmap="Reds")
+    ax.tick_params(axis="x", labelrotation=90 if max(map(len, labels)) > 2 else 0)
     for i in range(10):
         for j in range(10):
             ax.text(j, i, str(m[i, j]), ha="center", va="center", fontsize=7)
     ax.set(
         xticks=range(10),
         yticks=range(10),
+        xticklabels=labels,
+        yticklabels=labels,
         xlabel="predicted",
         ylabel="true",
         title="test confusion matrix (colour: errors)",
@@ -75,11 +79,12 @@ def write_all(
 ) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     curves(history, run_dir / "curves.png")
-    confusion(matrix, run_dir / "confusion.png")
+    names = list(mnist.classes)
+    confusion(matrix, run_dir / "confusion.png", names)
     train_x, train_y = mnist.train
     image_grid(
         train_x[:32],
-        [str(int(y)) for y in train_y[:32]],
+        [names[int(y)] for y in train_y[:32]],
         run_dir / "samples.png",
         "training samples",
     )
@@ -88,8 +93,10 @@ def write_all(
     true_prob = test.probabilities.gather(1, targets[:, None]).squeeze(1)
     wrong = (test.predictions != targets).nonzero().squeeze(1)
     worst = wrong[true_prob[wrong].argsort()][:32].numpy()
+    sep = "\n" if max(map(len, names)) > 2 else " "  # class names need two lines
     titles = [
-        f"{int(test_y[i])}->{int(test.predictions[i])} {float(test.probabilities[i].max()):.2f}"
+        f"{names[int(test_y[i])]}->{names[int(test.predictions[i])]}{sep}"
+        f"{float(test.probabilities[i].max()):.2f}"
         for i in worst
     ]
     image_grid(

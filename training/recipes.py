@@ -1,11 +1,13 @@
-"""Default hyperparameters per model: one small dataclass each, overridable from the CLI.
+"""Default hyperparameters per dataset and model: one small dataclass each, overridable from
+the CLI (`--epochs`, `--set key=value`, ...).
 
-Why these values: see bench/RESULTS.md (each choice was measured on the H100).
+Why these values: see bench/RESULTS.md (each choice was measured on the GPU and chosen on the
+validation split, never on the test set).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 
 @dataclass(frozen=True)
@@ -15,9 +17,13 @@ class Recipe:
     batch_size: int
     lr: float  # peak learning rate of the one-cycle schedule
     weight_decay: float
-    augment: bool  # small random affine on the device (never flips)
+    augment: bool  # augmentation on the device (the steps below); --no-augment turns it off
     amp: bool  # bf16 autocast on CUDA
     model_kwargs: dict = field(default_factory=dict)
+    # RandomAffine's arguments ({} = its digit defaults), or None for no affine at all
+    affine: dict | None = field(default_factory=dict)
+    hflip: bool = False  # random left-right mirroring: clothing only, never digits
+    erase: float = 0.0  # probability of random erasing per image (augment.RandomErasing)
     warmup_fraction: float = 0.25  # share of the steps spent warming up to the peak lr
     label_smoothing: float = 0.0
     eval_every: int = 1  # validate every n epochs (the fast recipe validates only at the end)
@@ -27,6 +33,7 @@ class Recipe:
         return asdict(self)
 
 
+# Digits (MNIST).
 RECIPES: dict[str, Recipe] = {
     # The shipped default: 99.73% test accuracy, 24 s training loop on one H100 (30 epochs: 99.59%).
     "cnn": Recipe(
@@ -61,3 +68,57 @@ RECIPES: dict[str, Recipe] = {
         model_kwargs={"width": 32},
     ),
 }
+
+# Clothing (Fashion-MNIST): mirrored clothes are still the same class, so flips are on; the
+# affine is a shift of up to 2 px (the images are centred, upright and scaled to fit; rotations
+# and shears do not occur in the data). cnn: 94.86% validation without random erasing against
+# 94.84% with it (p=0.5), so erasing is off (it stays available: --set erase=0.5); shipped as
+# weights/fashion.pt, 94.52% test, 22.6 s on an H200. mlp: 89.64% test. rnn and fast: the
+# digit recipes with flips, not yet measured on a GPU. See bench/RESULTS.md.
+_SHIFT = {"degrees": 0.0, "scale": (1.0, 1.0), "shear_degrees": 0.0, "translate_px": 2.0}
+FASHION_RECIPES: dict[str, Recipe] = {
+    "cnn": Recipe(
+        "cnn",
+        epochs=50,
+        batch_size=128,
+        lr=3e-3,
+        weight_decay=5e-2,
+        augment=True,
+        amp=True,
+        affine=_SHIFT,
+        hflip=True,
+    ),
+    "mlp": Recipe(
+        "mlp",
+        epochs=30,
+        batch_size=128,
+        lr=1e-3,
+        weight_decay=5e-2,
+        augment=True,
+        amp=True,
+        affine=_SHIFT,
+        hflip=True,
+    ),
+    "rnn": Recipe(
+        "rnn",
+        epochs=20,
+        batch_size=128,
+        lr=3e-3,
+        weight_decay=1e-2,
+        augment=True,
+        amp=False,
+        affine=None,
+        hflip=True,
+        cuda_graph=False,
+    ),
+    "fast": replace(RECIPES["fast"], epochs=4),
+}
+
+RECIPES_BY_DATASET: dict[str, dict[str, Recipe]] = {
+    "mnist": RECIPES,
+    "fashion-mnist": FASHION_RECIPES,
+}
+
+
+def recipe_for(dataset: str, model: str) -> Recipe:
+    return RECIPES_BY_DATASET[dataset][model]

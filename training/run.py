@@ -1,7 +1,8 @@
-"""Train an MNIST model and write weights/<name>.pt with weights/<name>.json beside it.
+"""Train an MNIST or Fashion-MNIST model; write weights/<name>.pt with weights/<name>.json.
 
 python -m training.run                       # the default CNN on the best device
 python -m training.run --model mlp --epochs 5
+python -m training.run --dataset fashion-mnist --model cnn --name fashion
 torchrun --nproc_per_node=2 -m training.run  # DistributedDataParallel, one process per GPU
 """
 
@@ -9,11 +10,12 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import sys
 import time
 from collections.abc import Iterable
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,13 +25,13 @@ from torch import nn
 from tqdm import tqdm
 
 from training import checkpoint, plots
-from training.augment import RandomAffine
-from training.data import DATA_DIR_ENV, DatasetNotFound, IDXError, TensorLoader, load_mnist
+from training.augment import Augment, RandomAffine, RandomErasing, RandomHFlip, compose
+from training.data import DATASETS, DatasetNotFound, IDXError, TensorLoader, load_dataset
 from training.device import DEVICE_CHOICES, device_name, select_device
 from training.engine import EpochMetrics, EvalResult, evaluate, train_one_epoch
 from training.graphed import GraphedTrainStep, capturable_adamw, one_cycle_schedule
 from training.models import MNIST_MEAN, MNIST_STD, build_model, count_parameters
-from training.recipes import RECIPES, Recipe
+from training.recipes import RECIPES, Recipe, recipe_for
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,8 +39,16 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m training.run",
-        description="Train an MNIST digit classifier and save its state_dict and metadata.",
+        description="Train an MNIST digit or Fashion-MNIST clothing classifier and save its "
+        "state_dict and metadata.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--dataset",
+        choices=sorted(DATASETS),
+        default="mnist",
+        help="mnist (handwritten digits) or fashion-mnist (10 kinds of clothing); each has its "
+        "own recipes (training/recipes.py)",
     )
     p.add_argument(
         "--model",
@@ -65,7 +75,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="peak one-cycle learning rate (default: the recipe's: cnn 3e-3, mlp 1e-3, "
         "rnn 3e-3, fast 1e-2)",
     )
-    p.add_argument("--no-augment", action="store_true", help="turn off the random affine")
+    p.add_argument("--no-augment", action="store_true", help="turn off all augmentation")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any recipe field, VALUE in JSON (e.g. --set erase=0.25 "
+        "--set label_smoothing=0.1); repeatable",
+    )
     p.add_argument(
         "--width",
         type=int,
@@ -83,8 +102,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--data-dir",
         type=Path,
         default=None,
-        help=f"folder with the four MNIST IDX files (default: ${DATA_DIR_ENV} or "
-        "data/mnist in the repo; downloaded there if missing)",
+        help="folder with the dataset's four IDX files (default: $MNIST_DATA_DIR or data/mnist "
+        "in the repo; for fashion-mnist $FASHION_MNIST_DATA_DIR, else "
+        "/usr/share/datasets/fashion-mnist (Debian's dataset-fashion-mnist), else "
+        "data/fashion-mnist; downloaded there if missing)",
     )
     p.add_argument(
         "--no-download",
@@ -97,7 +118,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=REPO_ROOT / "weights",
         help="folder for <name>.pt and <name>.json",
     )
-    p.add_argument("--name", default=None, help="file stem of the weights (default: --model)")
+    p.add_argument(
+        "--name",
+        default=None,
+        help="file stem of the weights (default: --model; fashion-<model> for fashion-mnist)",
+    )
     p.add_argument(
         "--run-dir",
         type=Path,
@@ -139,8 +164,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def parse_overrides(pairs: list[str]) -> dict:
+    """`key=value` strings (value in JSON) checked against the Recipe's fields."""
+    known = {f.name for f in fields(Recipe)} - {"model"}
+    out = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or key not in known:
+            raise ValueError(f"--set {pair!r}: expected KEY=VALUE, KEY one of {sorted(known)}")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--set {pair!r}: VALUE is not JSON ({exc})") from exc
+    return out
+
+
 def resolve_recipe(args: argparse.Namespace) -> Recipe:
-    recipe = RECIPES[args.model]
+    recipe = replace(recipe_for(args.dataset, args.model), **parse_overrides(args.overrides))
     overrides = {
         "epochs": args.epochs,
         "batch_size": args.batch_size,
@@ -149,6 +189,23 @@ def resolve_recipe(args: argparse.Namespace) -> Recipe:
         "model_kwargs": {**recipe.model_kwargs, "width": args.width} if args.width else None,
     }
     return replace(recipe, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def build_augment(recipe: Recipe) -> Augment | None:
+    """The recipe's augmentation steps, applied to each training batch on the device."""
+    if not recipe.augment:
+        return None
+    steps: list[Augment] = []
+    if recipe.hflip:
+        steps.append(RandomHFlip())
+    if recipe.affine is not None:
+        affine = dict(recipe.affine)
+        if "scale" in affine:
+            affine["scale"] = tuple(affine["scale"])
+        steps.append(RandomAffine(**affine))
+    if recipe.erase:
+        steps.append(RandomErasing(p=recipe.erase))
+    return compose(*steps)
 
 
 class Distributed:
@@ -301,8 +358,13 @@ def per_class(result: EvalResult, labels: np.ndarray) -> tuple[list[float], list
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    recipe = resolve_recipe(args)
-    name = args.name or args.model
+    try:
+        recipe = resolve_recipe(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    default_name = args.model if args.dataset == "mnist" else f"fashion-{args.model}"
+    name = args.name or default_name
     try:
         ddp = Distributed(args.device, args.dist_timeout)
     except ValueError as exc:
@@ -312,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     log = print if ddp.is_main else (lambda *a, **k: None)
 
     try:
-        mnist = load_mnist(args.data_dir, allow_download=not args.no_download)
+        mnist = load_dataset(args.dataset, args.data_dir, allow_download=not args.no_download)
     except (DatasetNotFound, IDXError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -341,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
         per_rank_batch,
         device,
         shuffle=True,
-        augment=RandomAffine() if recipe.augment else None,
+        augment=build_augment(recipe),
         seed=args.seed,
         rank=ddp.rank,
         world_size=ddp.world_size,
@@ -390,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
         f"training {name} ({recipe.model}, {count_parameters(model):,} parameters) on "
         f"{device_name(device)} x{ddp.world_size}: {recipe.epochs} epochs, batch "
         f"{recipe.batch_size}, lr {recipe.lr}, augment {recipe.augment}, amp {recipe.amp}, "
-        f"CUDA graph {graphed}"
+        f"CUDA graph {graphed}, dataset {mnist.spec.title}"
     )
     stale = 0
     for epoch in range(start_epoch, recipe.epochs + 1):
@@ -464,6 +526,7 @@ def main(argv: list[str] | None = None) -> int:
     class_accuracy, confusion = per_class(test, mnist.test[1])
 
     if ddp.is_main:
+        foreground = "ink" if mnist.spec.name == "mnist" else "the object (light on dark)"
         metadata = {
             "name": name,
             "architecture": {"name": recipe.model, "kwargs": recipe.model_kwargs},
@@ -474,10 +537,13 @@ def main(argv: list[str] | None = None) -> int:
                 "shape": [1, 28, 28],
                 "dtype": "float32",
                 "normalization": {"mean": MNIST_MEAN, "std": MNIST_STD},
-                "pixels": "grey levels 0-255, 0 = background, 255 = ink; x/255 then "
+                # Both datasets use MNIST's mean and std: one fixed input transform for every
+                # model the service serves (BatchNorm and the first layer absorb the offset).
+                "pixels": f"grey levels 0-255, 0 = background, 255 = {foreground}; x/255 then "
                 "(x - mean) / std",
             },
             "classes": list(range(10)),
+            "class_names": list(mnist.classes),
             "best_epoch": best["epoch"],
             "epochs_run": len(history),
             "val": {"accuracy": val.accuracy, "loss": val.loss, "samples": val.samples},
@@ -489,7 +555,12 @@ def main(argv: list[str] | None = None) -> int:
                 "confusion_matrix": confusion,
             },
             "train_samples": len(train_y),
-            "dataset": {"checksums_md5": mnist.checksums, "validation": "last 5000 of train"},
+            "dataset": {
+                "name": mnist.spec.name,
+                "title": mnist.spec.title,
+                "checksums_md5": mnist.checksums,
+                "validation": "last 5000 of train",
+            },
             "torch_version": torch.__version__,
             "device": device_name(device),
             "world_size": ddp.world_size,
@@ -508,6 +579,7 @@ def main(argv: list[str] | None = None) -> int:
 def print_summary(name: str, meta: dict, weights_path: Path, run_dir: Path) -> None:
     rows = [
         ("model", f"{name} ({meta['architecture']['name']}, {meta['parameters']:,} params)"),
+        ("dataset", meta["dataset"]["title"]),
         ("device", f"{meta['device']} x{meta['world_size']}"),
         ("best epoch", f"{meta['best_epoch']} of {meta['epochs_run']}"),
         ("val accuracy", f"{meta['val']['accuracy'] * 100:.2f}%  (loss {meta['val']['loss']:.4f})"),

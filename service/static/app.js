@@ -44,6 +44,14 @@
   let previewUrl = null;
   // Only when the service asks for one (401): kept for this tab's session, sent as X-API-Key.
   let apiKey = sessionStorage.getItem(KEY_STORE) || "";
+  // Each listed model's dataset and class names (from /models): a model that does not read
+  // digits (Fashion-MNIST) takes uploads only, and the bars show its class names.
+  let modelInfo = {};
+
+  function drawable() {
+    const info = modelInfo[modelSelect.value];
+    return !info || info.dataset === "mnist";
+  }
 
   function apiHeaders() {
     return apiKey ? { "X-API-Key": apiKey } : {};
@@ -97,6 +105,12 @@
 
   pad.addEventListener("pointerdown", (event) => {
     if (activePointer !== null || (event.pointerType === "mouse" && event.button !== 0)) return;
+    if (!drawable()) {
+      digitEl.dataset.version = String(version);  // answered: nothing to send
+      say("This model reads photos of clothing, shoes and bags: upload one (drawing is for "
+        + "the digit models).", false);
+      return;
+    }
     event.preventDefault();
     activePointer = event.pointerId;
     pad.setPointerCapture(event.pointerId);
@@ -183,6 +197,12 @@
     inFlight = true;
     setPending();
     const asked = version;
+    if (source.kind === "canvas" && !drawable()) {
+      inFlight = false;  // nothing to send: this model takes uploads only
+      digitEl.dataset.version = String(asked);
+      setPending();
+      return;
+    }
     try {
       const blob = source.kind === "file" ? source.file : canvasBlob();
       const name = source.kind === "file" ? source.file.name || "upload" : "drawing.png";
@@ -224,7 +244,7 @@
     } catch {
       data = null;
     }
-    if (!response.ok || !data || typeof data.digit !== "number") {
+    if (!response.ok || !data || typeof data.class_index !== "number") {
       const retry = Number.parseInt(response.headers.get("Retry-After") || "", 10);
       return {
         error: "http",
@@ -293,6 +313,25 @@
     }
   }
 
+  // The bars' labels and the page's mode for the chosen model.
+  function applyModel() {
+    const info = modelInfo[modelSelect.value];
+    const names = info ? info.class_names : null;
+    [...barsEl.children].forEach((li, i) => {
+      li.querySelector(".bar-digit").textContent = names ? names[i] : String(i);
+    });
+    const words = !drawable();
+    barsEl.classList.toggle("named", words);
+    digitEl.classList.toggle("word", words);
+    app.dataset.mode = words ? "upload" : "draw";
+    if (words && source.kind === "canvas") {
+      resetPad();
+      resetResult("Upload a photo to start.");
+      digitEl.dataset.version = String(version);
+      say("This model reads photos of clothing, shoes and bags: upload one.", false);
+    }
+  }
+
   function resetResult(text) {
     digitEl.textContent = "?";
     confidenceEl.textContent = text;
@@ -323,7 +362,7 @@
       return;
     }
     const { data } = outcome;
-    digitEl.textContent = String(data.digit);
+    digitEl.textContent = String(data.label);
     const pct = (p) => {
       if (p < 0.0005) return "0%";
       if (p > 0.9995) return ">99.9%";
@@ -332,12 +371,13 @@
     confidenceEl.textContent = `${pct(data.confidence)} sure · model ${data.model}`;
     data.probabilities.forEach((p, d) => {
       const li = barsEl.children[d];
-      li.classList.toggle("best", d === data.digit);
+      li.classList.toggle("best", d === data.class_index);
       li.querySelector(".bar-fill").style.width = `${(100 * p).toFixed(1)}%`;
       li.querySelector(".bar-value").textContent = pct(p);
     });
     if (Array.isArray(data.image)) drawSeen(data.image);
-    say(`Looks like a ${data.digit}.`, false);
+    say(typeof data.digit === "number" ? `Looks like a ${data.digit}.` : `Looks like: ${data.label}.`,
+      false);
   }
 
   function drawSeen(rows) {
@@ -423,6 +463,7 @@
   });
 
   modelSelect.addEventListener("change", () => {
+    applyModel();
     if (source.kind === "file" || hasInk) changed();
   });
 
@@ -450,16 +491,21 @@
       if (!response.ok) throw new Error(`status ${response.status}`);
       const data = await response.json();
       modelSelect.replaceChildren();
+      modelInfo = {};
       for (const m of data.models) {
         const option = document.createElement("option");
         option.value = m.name;
+        const dataset = m.dataset || "mnist";
+        modelInfo[m.name] = { dataset, class_names: m.class_names || null };
+        const title = dataset === "mnist" ? "MNIST" : "Fashion-MNIST";
         const acc = typeof m.test_accuracy === "number"
-          ? ` (${(100 * m.test_accuracy).toFixed(2)}% on MNIST test)` : "";
+          ? ` (${(100 * m.test_accuracy).toFixed(2)}% on ${title} test)` : "";
         option.textContent = `${m.name}${acc}`;
         option.selected = m.name === data.default;
         modelSelect.append(option);
       }
       $("model-field").hidden = data.models.length < 2;
+      applyModel();
     } catch (error) {
       say(`Could not list the models (${error.message}); predictions use the default one.`, true);
     }
