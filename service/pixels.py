@@ -31,19 +31,20 @@ _TYPE_NAMES = {
 }
 
 
-def check_has_ink(images: np.ndarray, batch: bool) -> None:
+def check_has_ink(images: np.ndarray, batch: bool, digits: bool = True) -> None:
     """Refuse an image with no ink at all (blank or uniform: max - min < MIN_CONTRAST grey
-    levels), as the upload pipeline does, so that an empty canvas sent as pixels gets the same
+    levels), as the upload pipelines do, so that an empty canvas sent as pixels gets the same
     422 as the same canvas uploaded as a PNG. `images` is (N, 28, 28); a batch's error names
-    the first blank image."""
+    the first blank image. `digits`: the model reads digits (else objects, Fashion-MNIST)."""
     flat = images.reshape(len(images), -1)
     contrast = flat.max(axis=1).astype(np.float32) - flat.min(axis=1)
     blank = np.flatnonzero(contrast < MIN_CONTRAST)
     if blank.size:
         index = int(blank[0])
+        message = BLANK if digits else BLANK.replace("no digit", "no object")
         if batch:
-            raise InputError(f"image {index}: {BLANK}", index=index)
-        raise InputError(BLANK)
+            raise InputError(f"image {index}: {message}", index=index)
+        raise InputError(message)
 
 
 def pixels_to_array(pixels: object, normalize_upload: bool = False) -> np.ndarray:

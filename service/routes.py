@@ -163,6 +163,7 @@ def _prepare(
     jobs: list[Callable[[], np.ndarray]],
     batch: bool,
     whole: Callable[[], np.ndarray | None] | None = None,
+    digits: bool = True,
 ) -> np.ndarray:
     """Preprocess every input into one (N, 28, 28) array; an error names the failing image.
 
@@ -174,7 +175,7 @@ def _prepare(
     else:
         images = np.stack([_item(job, index, batch) for index, job in enumerate(jobs)])
         images = images.astype(np.float32, copy=False)
-    check_has_ink(images, batch)  # pixel arrays too: no ink, no digit
+    check_has_ink(images, batch, digits)  # pixel arrays too: no ink, no digit (or object)
     return images
 
 
@@ -220,9 +221,9 @@ async def _predict(
     here on the event loop: a thread hop costs more than their ~0.1 ms of work. The rest goes to
     the threadpool so that a large photo never stalls other requests."""
     if cheap:
-        images = _prepare(jobs, batch, whole)
+        images = _prepare(jobs, batch, whole, predictor.dataset == "mnist")
     else:
-        images = await run_in_threadpool(_prepare, jobs, batch, whole)
+        images = await run_in_threadpool(_prepare, jobs, batch, whole, predictor.dataset == "mnist")
     request.state.model, request.state.images = predictor.name, len(images)
     probs = await registry.infer(predictor, images, arrival)
     names, digits = predictor.class_names, predictor.dataset == "mnist"

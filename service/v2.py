@@ -352,7 +352,6 @@ def _input_images(spec: object, binary: bytes | None, max_batch: int) -> np.ndar
             raise _bad(f"input {INPUT!r}: values must be {SCALE}; found a huge integer") from None
     _check_range(flat)
     images = flat.reshape(shape[0], SIDE, SIDE)
-    check_has_ink(images, batch=shape[0] > 1)  # as on the REST paths: no ink, no digit
     if images.dtype == np.uint8:
         return images  # the model's own normalize() scales uint8 exactly as in training
     return images.astype(np.float32)
@@ -507,6 +506,8 @@ async def _infer(request: Request, predictor: Predictor) -> Response:
             body = await run_in_threadpool(_decompress, body, encoding, settings.max_request_bytes)
         args = (body, header_length, settings.max_batch_size, _outputs(predictor))
         parsed = _parse_request(*args) if cheap else await run_in_threadpool(_parse_request, *args)
+        # As on the REST paths: an image with no ink is no digit (or object).
+        check_has_ink(parsed.images, len(parsed.images) > 1, predictor.dataset == "mnist")
         # The model runs on the micro-batcher's thread (joined with concurrent REST and v2
         # requests; a full queue answers 503) or, with batching off, in the threadpool.
         probs = await registry.infer(predictor, parsed.images, arrival)
