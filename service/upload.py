@@ -713,9 +713,11 @@ def _renormalise(img: np.ndarray) -> np.ndarray:
 
 def stroke_width(img: np.ndarray) -> float:
     """Mean stroke width in pixels: 2 * ink mass / total gradient (both edges of a stroke)."""
-    padded = np.pad(img.astype(np.float32), 2)
-    grad_y, grad_x = np.gradient(padded)
-    edges = float(np.hypot(grad_y, grad_x).sum())
+    padded = cv2.copyMakeBorder(img.astype(np.float32), 2, 2, 2, 2, cv2.BORDER_CONSTANT, 0.0)
+    # Central differences, as np.gradient takes inside the zero padding, at a tenth of its cost.
+    grad_x = cv2.Sobel(padded, cv2.CV_32F, 1, 0, ksize=1, scale=0.5)
+    grad_y = cv2.Sobel(padded, cv2.CV_32F, 0, 1, ksize=1, scale=0.5)
+    edges = float(cv2.magnitude(grad_x, grad_y).sum())
     return 2.0 * float(padded.sum()) / edges if edges > 0 else 0.0
 
 
