@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from PIL import Image
 
-from service import errors, routes, telemetry, v2, web
+from service import errors, routes, telemetry, threads, v2, web
 from service.batcher import MicroBatcher
 from service.config import Settings, get_settings
 from service.deps import Registry
@@ -34,8 +34,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             level=settings.log_level.upper(),
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
-        if settings.torch_threads:
-            torch.set_num_threads(settings.torch_threads)
+        # One pool per worker process, sized so the workers together fit the usable CPUs.
+        choice = threads.decide(settings.torch_threads)
+        telemetry.TORCH_THREADS.set(threads.apply(choice))
+        log.info("torch threads: %d (%s)", torch.get_num_threads(), choice.why)
         # Pillow's own bomb guard, in line with ours (it errors at twice its limit).
         Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
         registry: Registry = app.state.registry
