@@ -18,6 +18,7 @@ from starlette.datastructures import UploadFile
 from service.batcher import Arrival
 from service.config import Settings
 from service.deps import ModelName, Registry, RegistryDep
+from service.fastroute import LeanRoute
 from service.predictor import Predictor
 from service.preprocess import (
     InputError,
@@ -41,7 +42,7 @@ from service.schemas import (
     Prediction,
 )
 
-router = APIRouter()
+router = APIRouter(route_class=LeanRoute)  # see service/fastroute.py
 # A numpy array saved with numpy.save: the cheapest body for many images (no text to parse).
 NPY_TYPE = "application/x-npy"
 BATCH_SHAPES = "(N, 28, 28) or (N, 784)"

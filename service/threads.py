@@ -10,8 +10,8 @@ thread per worker. So the app chooses, in its lifespan:
 - CPUs it may use: the smaller of its CPU affinity (`taskset`, `docker --cpuset-cpus`) and the
   cgroup CPU quota (`docker --cpus`, a Kubernetes CPU limit), v2 `cpu.max` or v1
   `cpu.cfs_quota_us / cpu.cfs_period_us`, rounded down (at least 1).
-- Worker processes: the `--workers N` / `-w N` of the uvicorn or gunicorn process that started
-  this one (read from its command line), else GUNICORN_CMD_ARGS, else WEB_CONCURRENCY (which
+- Worker processes: the `--workers N` / `-w N` of the uvicorn, gunicorn or granian process
+  that started this one (read from its command line), else GUNICORN_CMD_ARGS, else WEB_CONCURRENCY (which
   uvicorn and gunicorn also read as their default worker count, and which `python -m service
   --workers N` sets for its workers), else 1.
 - MNIST_TORCH_THREADS, when set (> 0), wins over all of it.
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
-LAUNCHERS = ("uvicorn", "gunicorn")
+LAUNCHERS = ("uvicorn", "gunicorn", "granian")
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ UVICORN = [sys.executable, "-m", "uvicorn"]
         (["/usr/bin/python3", "-m", "uvicorn", "service.app:app", "--workers=3"], {}, 3),
         (["gunicorn", "-w", "4", "-k", "uvicorn.workers.UvicornWorker", "x:app"], {}, 4),
         (["gunicorn", "-w5", "x:app"], {}, 5),
+        (["/venv/bin/granian", "--interface", "asgi", "--workers", "2", "x:app"], {}, 2),
         # The launcher's own flag wins over the environment, as it does for the launcher.
         (["uvicorn", "x:app", "--workers", "2"], {"WEB_CONCURRENCY": "8"}, 2),
         (["gunicorn", "x:app"], {"GUNICORN_CMD_ARGS": "--bind :80 --workers 6"}, 6),
