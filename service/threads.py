@@ -11,9 +11,9 @@ thread per worker. So the app chooses, in its lifespan:
   cgroup CPU quota (`docker --cpus`, a Kubernetes CPU limit), v2 `cpu.max` or v1
   `cpu.cfs_quota_us / cpu.cfs_period_us`, rounded down (at least 1).
 - Worker processes: the `--workers N` / `-w N` of the uvicorn, gunicorn or granian process
-  that started this one (read from its command line), else GUNICORN_CMD_ARGS, else WEB_CONCURRENCY (which
-  uvicorn and gunicorn also read as their default worker count, and which `python -m service
-  --workers N` sets for its workers), else 1.
+  that started this one (read from its command line), else GUNICORN_CMD_ARGS, else
+  WEB_CONCURRENCY (which uvicorn and gunicorn also read as their default worker count, and
+  which `python -m service --workers N` sets for its workers), else 1.
 - MNIST_TORCH_THREADS, when set (> 0), wins over all of it.
 """
 
