@@ -166,6 +166,9 @@ def test_two_workers_share_the_cpus(launcher: str) -> None:
     assert len(lines) == 2, out[-3000:]
     assert all(f"torch threads: {_expected(2)} (" in line for line in lines), lines
     assert all("/ 2 worker(s)" in line for line in lines), lines
+    # One access line per request, the service's own JSON one: none of uvicorn's plain ones.
+    assert '"GET /metrics HTTP/1.1" 200' not in out, out[-2000:]
+    assert '"path":"/metrics"' in out, out[-2000:]
 
 
 def _wait(proc: subprocess.Popen, base: str, timeout: float = 120) -> None:
