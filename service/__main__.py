@@ -44,11 +44,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 
-    if args.workers > 1 and not settings.torch_threads:
-        # Workers each run their own torch thread pool: share the cores instead of
-        # oversubscribing them (threads per worker x workers <= cores).
-        threads = max(1, (os.cpu_count() or 1) // args.workers)
-        os.environ["MNIST_TORCH_THREADS"] = str(threads)
+    # The workers size their thread pools to share the usable CPUs (service/threads.py): they
+    # learn how many they are from WEB_CONCURRENCY, as under gunicorn or uvicorn's own CLI.
+    os.environ["WEB_CONCURRENCY"] = str(args.workers)
     if args.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         # Each worker counts on its own; this folder lets /metrics sum them all.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mnist-metrics-")

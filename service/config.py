@@ -22,7 +22,12 @@ class Settings(BaseSettings):
         description="comma-separated models to load (default: every .pt in weights_dir)",
     )
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
-    torch_threads: int = Field(0, ge=0, description="CPU threads per worker (0: torch's default)")
+    torch_threads: int = Field(
+        0,
+        ge=0,
+        description="CPU threads per worker (0: the CPUs this process may use / the worker "
+        "processes, see service/threads.py)",
+    )
     int8: bool = Field(
         True,
         description="on the CPU, serve weights/int8/<name>.pt (python -m training.quantize) in "

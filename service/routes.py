@@ -20,6 +20,7 @@ from service.config import Settings
 from service.deps import ModelName, Registry, RegistryDep
 from service.errors import InputError
 from service.fashion_upload import check_pixel_request, fashion_upload
+from service.fastroute import LeanRoute
 from service.pixels import (
     check_has_ink,
     ndarray_batch_to_array,
@@ -40,7 +41,7 @@ from service.schemas import (
 )
 from service.upload import is_cheap, open_upload, preprocess_upload, upload_to_mnist
 
-router = APIRouter()
+router = APIRouter(route_class=LeanRoute)  # see service/fastroute.py
 # A numpy array saved with numpy.save: the cheapest body for many images (no text to parse).
 NPY_TYPE = "application/x-npy"
 BATCH_SHAPES = "(N, 28, 28) or (N, 784)"

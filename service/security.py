@@ -132,6 +132,7 @@ class AccessControl:
             if settings.rate_limit
             else None
         )
+        self.active = bool(self.keys) or self.limiter is not None  # else nothing to check
 
     def _is_open(self, path: str) -> bool:
         return path in self.open_paths or self._is_open_page(path)
@@ -157,7 +158,7 @@ class AccessControl:
         return valid
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] == "OPTIONS":
+        if scope["type"] != "http" or scope["method"] == "OPTIONS" or not self.active:
             await self.app(scope, receive, send)
             return
         path = scope["path"]

@@ -59,6 +59,9 @@ MODELS_LOADED = Gauge(
 MODEL_READY = Gauge(
     "mnist_model_ready", "1 when the model answers", ["model"], multiprocess_mode="max"
 )
+TORCH_THREADS = Gauge(
+    "mnist_torch_threads", "CPU threads of torch per worker process", multiprocess_mode="max"
+)
 DEVICE = Gauge(
     "mnist_device_info",
     "The device models run on (value 1)",
