@@ -12,8 +12,8 @@ from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.routing import APIRoute
 from starlette.responses import Response
 
+from service.errors import InputError
 from service.fastroute import LeanRoute
-from service.preprocess import InputError
 
 pytestmark = pytest.mark.anyio
 
