@@ -93,12 +93,14 @@ ENV PATH="/opt/venv/bin:${PATH}" \
     MNIST_LOG_LEVEL=info
 
 WORKDIR /app
+# Least-changing first: scripts, then the shipped weights, then the source.
+# chmod by RUN, not `COPY --chmod`: the classic builder (Docker < 23 without BuildKit, and
+# builders that follow it) refuses that flag. The mode must not depend on the checkout either.
+COPY deploy/entrypoint.sh deploy/healthcheck.py /app/deploy/
 # The code stays root-owned (read-only to the service). runs/ is where the trainer writes plots
 # and resume checkpoints; compose mounts a host folder over it.
-RUN mkdir -p /app/runs && chown app:app /app/runs
-
-# Least-changing first: scripts, then the shipped weights, then the source.
-COPY --chmod=0755 deploy/entrypoint.sh deploy/healthcheck.py /app/deploy/
+RUN chmod 0755 /app/deploy/entrypoint.sh /app/deploy/healthcheck.py \
+ && mkdir -p /app/runs && chown app:app /app/runs
 COPY weights/ /app/weights/
 COPY training/ /app/training/
 COPY service/ /app/service/

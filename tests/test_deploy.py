@@ -453,6 +453,17 @@ def test_healthcheck_uses_only_flags_every_builder_knows() -> None:
         assert not re.search(r"^\s*start_interval:", path.read_text(), re.M), path.name
 
 
+def test_dockerfile_needs_no_buildkit_only_syntax() -> None:
+    """The classic builder (Docker < 23 by default, DOCKER_BUILDKIT=0) must build it too."""
+    for keyword, args in dockerfile_instructions(DOCKERFILE.read_text()):
+        if keyword in ("COPY", "ADD"):
+            flags = re.findall(r"--(chmod|link|parents|exclude|checksum)\b", args)
+            assert not flags, f"{keyword} {args}: BuildKit-only --{flags[0]}"
+        if keyword == "RUN":
+            assert not re.match(r"\s*--(mount|network|security)\b", args), f"RUN {args}"
+            assert "<<" not in args, f"RUN {args}: heredocs need BuildKit"
+
+
 def test_dockerfile_pins_bases_and_installs_the_lock_before_the_source() -> None:
     stages = dockerfile_stages()
     assert len(stages) >= 2, "multi-stage: a builder stage and a runtime stage"
