@@ -188,7 +188,8 @@ fi
 if [ "$build" = 0 ]; then
     "${bah[@]}" inspect --type image "$image" >/dev/null 2>&1 || fail build "no image $image"
 elif [ "$context_mode" = clone ]; then
-    if [ -n "$(git status --porcelain -- Dockerfile .dockerignore deploy service training weights)" ]; then
+    if [ -n "$(git status --porcelain -- Dockerfile .dockerignore deploy service training weights \
+        ':!deploy/IMAGE_CHECK.md')" ]; then
         echo "warning: uncommitted changes are not in the image (HEAD is built); --worktree builds them" >&2
     fi
     git clone --quiet --no-local "$repo" "$work/src"
@@ -352,7 +353,11 @@ accuracy=$(python3 -c 'import json, sys; print(round(json.load(open(sys.argv[1])
 record PASS train "cnn, 1 epoch on $train_subset images, ${elapsed} s as uid $train_uid: cnn.pt, cnn.json, last.ckpt, $plots plots, test accuracy $accuracy"
 
 # ---- 6. serve what was trained ---------------------------------------------------------------
-serve_and_check "serve trained" "$out_dir/weights" 0.80
+# One short epoch gives a weak model (about 54% on 2,048 images): what is checked is that the
+# service answers with the quality the trainer measured on the test set, give or take 20
+# points for 20 or 200 samples and the upload pipeline, and clearly above chance (10%).
+min_trained=$(python3 -c "print(round(max(0.3, $accuracy - 0.2), 2))")
+serve_and_check "serve trained" "$out_dir/weights" "$min_trained"
 
 record PASS "all steps" "every step passed"
 write_report PASSED
