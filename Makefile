@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The PyTorch build to install (override, e.g. TORCH="torch torchvision" for the newest).
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: serve test lint install
+.PHONY: serve test lint install image-check
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,3 +24,9 @@ test: $(VENV)/.installed  ## lint, then the whole suite, slow checks included
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .
+
+# Build the Docker image with buildah and run it as docker-compose.yml does (serve, health check,
+# predictions, train into a mounted folder, SIGTERM); writes deploy/IMAGE_CHECK.md. Root, about
+# 20 minutes and 20 GB of disk: not part of `make test` or CI. See docs/deployment.md.
+image-check:
+	deploy/check_image.sh

