@@ -524,6 +524,7 @@ ERRORS = {
     404: {"description": "unknown model or version"},
     413: {"description": "batch or body over the configured limits"},
     415: {"description": "unsupported Content-Encoding (gzip, deflate or none)"},
+    422: {"description": "an image with no ink: no digit (or object) found"},
     503: {"description": "the models are not loaded yet"},
 }
 INFER_DOC = dict(
