@@ -26,7 +26,7 @@ lint: $(VENV)/.installed
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .
 
 # Build the Docker image with buildah and run it as docker-compose.yml does (serve, health check,
-# predictions, train into a mounted folder, SIGTERM); writes deploy/IMAGE_CHECK.md. Root, about
-# 20 minutes and 20 GB of disk: not part of `make test` or CI. See docs/deployment.md.
+# predictions, train into a mounted folder, SIGTERM); writes deploy/IMAGE_CHECK.md. Root, 11-35
+# minutes and 20 GB of disk: not part of `make test` or CI. See docs/deployment.md.
 image-check:
 	deploy/check_image.sh

@@ -32,7 +32,8 @@
 # MNIST_DATA_DIR (the MNIST IDX files; default ../shared/datasets/mnist beside the checkout),
 # TRAIN_UID (default 4242), TRAIN_SUBSET (default 2048), KEEP_IMAGE=1 (keep the built image).
 # Needs root, buildah, python3, git; mmdebstrap and podman only when it builds the stand-in base.
-# Takes about 15-25 minutes on 2 cores and ~20 GB of disk while it runs (vfs copies layers).
+# Takes 11-13 minutes on 2 quiet cores (25-35 on busy ones) and ~20 GB of disk while it runs
+# (vfs copies layers).
 set -euo pipefail
 
 repo=$(CDPATH='' cd -- "$(dirname -- "$0")/.." && pwd)
