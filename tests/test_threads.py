@@ -6,7 +6,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -14,7 +13,7 @@ import pytest
 
 from service import threads
 from tests.conftest import REPO_ROOT
-from tests.servers import free_port, stop
+from tests.servers import free_port, stop, wait_ready
 
 UVICORN = [sys.executable, "-m", "uvicorn"]
 
@@ -157,7 +156,7 @@ def test_two_workers_share_the_cpus(launcher: str) -> None:
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        _wait(proc, base)
+        wait_ready(proc, base, timeout=120)
         # Fresh connections land on either worker: all of them must report the same count.
         assert {_torch_threads(base) for _ in range(6)} == {_expected(2)}
     finally:
@@ -169,17 +168,3 @@ def test_two_workers_share_the_cpus(launcher: str) -> None:
     # One access line per request, the service's own JSON one: none of uvicorn's plain ones.
     assert '"GET /metrics HTTP/1.1" 200' not in out, out[-2000:]
     assert '"path":"/metrics"' in out, out[-2000:]
-
-
-def _wait(proc: subprocess.Popen, base: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited early: {proc.stdout.read()}")
-        try:
-            if httpx.get(f"{base}/health/ready", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.3)
-    raise AssertionError("not ready")
