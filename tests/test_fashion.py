@@ -19,6 +19,7 @@ from PIL import Image
 from service.app import create_app
 from service.config import Settings
 from tests.conftest import WEIGHTS_DIR
+from tests.test_training import QUICK
 from tests.uploads import encode, paper, product_photo
 from training import data, run
 from training.augment import RandomErasing, RandomHFlip
@@ -113,14 +114,7 @@ def test_short_real_training_run(tmp_path: Path, fashion_dir: Path) -> None:
             "mlp",
             "--epochs",
             "2",
-            "--device",
-            "cpu",
-            "--no-progress",
-            "--no-download",
-            "--train-subset",
-            "3000",
-            "--batch-size",
-            "100",
+            *QUICK,
             "--data-dir",
             str(fashion_dir),
             "--out",
