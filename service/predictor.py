@@ -208,7 +208,7 @@ def load_all(
         # No cuDNN autotuning: its results are cached per thread, and the passes run on the
         # batcher's thread and the threadpool's, so every new (thread, batch size) pair timed
         # all the algorithms again: 200+ ms stalls, the cnn's p99 of 400 ms on an H200. The
-        # heuristic choice serves as fast (bench/results/gpu-2026-12-02/README.md).
+        # heuristic choice serves as fast (bench/results/serving/gpu-tail-2026-12-02/README.md).
         torch.backends.cudnn.benchmark = False
     loaded = []
     for path in discover(weights_dir, names):
