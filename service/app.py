@@ -56,6 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 settings.device,
                 settings.int8,
                 settings.batch_max_images if settings.cuda_graphs else 0,
+                settings.batch_max_images if settings.batching else 1,
             )
         except (WeightsError, ValueError) as exc:
             log.error("cannot start: %s", exc)
