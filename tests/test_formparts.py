@@ -11,10 +11,11 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from python_multipart.multipart import parse_options_header
 from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from service.formparts import split_files
+from service.formparts import boundary_of, file_names, split_files
 
 MAX_FILES = 257
 
@@ -99,6 +100,10 @@ LEFT_TO_STARLETTE = {
     "no boundary": (_body([FILE]), "multipart/form-data"),
     "too many files": (_body([FILE] * (MAX_FILES + 1)), CTYPE),
     "too many headers": (_body([b"X-A: 1\r\n" * 9 + FILE]), CTYPE),
+    "boundary over 256": (
+        _body([FILE], b"b" * 257),
+        "multipart/form-data; boundary=" + "b" * 257,
+    ),
 }
 
 
@@ -109,7 +114,13 @@ def test_anything_else_is_left_to_starlette(body: bytes, ctype: str) -> None:
 
 def test_starlette_refuses_what_the_quick_split_leaves_to_it() -> None:
     # The refusals still happen (Starlette's), not silently accepted here.
-    for name in ("no name", "too many files", "bad header name", "too many headers"):
+    for name in (
+        "no name",
+        "too many files",
+        "bad header name",
+        "too many headers",
+        "boundary over 256",
+    ):
         assert str(starlette_parts(*LEFT_TO_STARLETTE[name])).startswith("error"), name
 
 
@@ -174,3 +185,27 @@ def chunked_of(body: bytes) -> AsyncIterator[bytes]:
             yield body[start : start + 100]
 
     return chunks()
+
+
+TRICKY = st.text(alphabet='ab=;" \\\t*:/-.é', max_size=12)
+
+
+@settings(max_examples=500, deadline=None)
+@given(name=TRICKY, filename=TRICKY, boundary=TRICKY, spacing=st.sampled_from(["; ", ";", " ; "]))
+def test_headers_read_as_parse_options_header_reads_them(
+    name: str, filename: str, boundary: str, spacing: str
+) -> None:
+    disposition = f'form-data{spacing}name="{name}"{spacing}filename="{filename}"'.encode()
+    _, options = parse_options_header(disposition)
+    expected = (
+        (options[b"name"], options[b"filename"]) if {b"name", b"filename"} <= set(options) else None
+    )
+    assert file_names(disposition) == expected
+    for content_type in (
+        f"multipart/form-data{spacing}boundary={boundary}",
+        f'multipart/form-data{spacing}boundary="{boundary}"',
+    ):
+        ctype, params = parse_options_header(content_type)
+        value = params.get(b"boundary", b"")
+        ok = ctype == b"multipart/form-data" and b"charset" not in params and 0 < len(value) <= 256
+        assert boundary_of(content_type) == (value if ok else None), content_type
