@@ -440,7 +440,7 @@ def main() -> None:
     ]
     table = "\n".join(lines) + "\n"
     print("\n" + table)
-    out = args.out or REPO / "bench" / "results" / f"torchserve-{dt.date.today()}.md"
+    out = args.out or REPO / "bench" / "results" / "serving" / f"torchserve-{dt.date.today()}.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(table)
     print(f"written: {out}")
