@@ -26,6 +26,8 @@ class Recipe:
     erase: float = 0.0  # probability of random erasing per image (augment.RandomErasing)
     warmup_fraction: float = 0.25  # share of the steps spent warming up to the peak lr
     label_smoothing: float = 0.0
+    stroke: float = 0.0  # probability of a random stroke-width change (augment.RandomStroke)
+    ema: float = 0.0  # decay of the weights' moving average that is validated and shipped; 0: off
     eval_every: int = 1  # validate every n epochs (the fast recipe validates only at the end)
     cuda_graph: bool = True  # capture the train step as a CUDA graph on one GPU (graphed.py)
 
