@@ -81,6 +81,7 @@ def sync(device: torch.device) -> None:
 
 def train_once(variant: Variant, mnist, device: torch.device, seed: int) -> dict:
     recipe = variant.recipe
+    torch.backends.cudnn.benchmark = recipe.cudnn_benchmark
     torch.manual_seed(seed)
     model = build_model(recipe.model, **recipe.model_kwargs).to(device)
     if variant.channels_last:

@@ -27,15 +27,15 @@ def select_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def configure(device: torch.device) -> None:
+def configure(device: torch.device, cudnn_benchmark: bool = True) -> None:
     """Fast defaults for fixed-shape training, and the CUDA context created now (it takes a
     moment, which the run's timing shows as device set-up rather than data loading)."""
     if device.type != "cuda":
         return
-    # TF32 matmuls and the cuDNN autotuner: free speed for fixed-shape fp32 work.
+    # TF32 matmuls: free speed for fp32 work. The cuDNN autotuner: see Recipe.cudnn_benchmark.
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
-    torch.backends.cudnn.benchmark = True
+    torch.backends.cudnn.benchmark = cudnn_benchmark
     torch.empty(0, device=device)
 
 

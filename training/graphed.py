@@ -49,9 +49,13 @@ def one_cycle_schedule(peak: float, total_steps: int, warmup_fraction: float) ->
 
 
 def capturable_adamw(param_groups: list[dict], device: torch.device) -> torch.optim.AdamW:
-    """AdamW whose step can be captured: its state and learning rate live on the device."""
+    """AdamW whose step can be captured: its state and learning rate live on the device.
+
+    fused: one multi-tensor kernel per parameter group for the whole update, where foreach
+    takes a dozen (the eager step's profile: bench/RESULTS.md).
+    """
     return torch.optim.AdamW(
-        param_groups, lr=torch.tensor(0.0, device=device), capturable=True, foreach=True
+        param_groups, lr=torch.tensor(0.0, device=device), capturable=True, fused=True
     )
 
 

@@ -112,7 +112,7 @@ def train(cfg: RunConfig, timings: Timings) -> RunResult | None:
     start = time.perf_counter()
     with Distributed(cfg.device, cfg.dist_timeout) as ddp:
         device = ddp.device
-        configure(device)
+        configure(device, cfg.recipe.cudnn_benchmark)
         timings.device = device
         timings.add(DEVICE, time.perf_counter() - start)
         log = print if ddp.is_main else (lambda *a, **k: None)
