@@ -161,6 +161,9 @@ class EagerTrainer:
             cycle_momentum=False,
         )
 
+    def load_optimizer(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state)
+
     def prepare(self, batches) -> None:
         pass  # nothing to capture
 

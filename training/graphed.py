@@ -2,8 +2,8 @@
 
 Why: these models are small, so an eager step on a GPU is bound by the CPU launching ~150 tiny
 kernels (batch gather, augmentation, forward, backward, optimizer, metrics), not by the GPU
-doing the work (the eager step at batch 128 was ~5.8 ms on an H100: bench/RESULTS.md). A
-replayed graph launches them all at once, and the host only calls replay() once per step.
+doing the work (measured eager against graphed: bench/RESULTS.md). A replayed graph launches
+them all at once, and the host only calls replay() once per step.
 
 The step is the one in `engine.train_one_epoch`, plus the batch itself, with the differences
 that graphs require:
@@ -107,6 +107,16 @@ class CUDAGraphTrainer:
         steps, size = len(loader), loader.batch_size
         self.order.copy_(loader.epoch_order()[: steps * size].view(steps, size))
         self.batch_index.zero_()
+
+    def load_optimizer(self, state: dict) -> None:
+        """A resumed optimizer state. torch keeps a param group's values as they were saved,
+        and a checkpoint is loaded onto the CPU, so each group's learning rate would come
+        back as a CPU tensor, which the graph cannot write: capture failed after every
+        resume, and the run went on eagerly at a sixth of the speed (bench/RESULTS.md)."""
+        self.optimizer.load_state_dict(state)
+        device = self.rates.device
+        for group in self.optimizer.param_groups:
+            group["lr"] = torch.as_tensor(group["lr"], dtype=torch.float32).to(device)
 
     def prepare(self, loader: TensorLoader) -> None:
         """Capture after any resumed optimizer state is loaded, so the graph uses its tensors."""

@@ -29,6 +29,11 @@ from training.train import REPO_ROOT, RunConfig, RunResult, train
 _IMPORTED = time.perf_counter()
 
 
+def recipe_defaults(key: str) -> str:
+    """One recipe field for each digit recipe, for the help text: "cnn 50, mlp 30, ..."."""
+    return ", ".join(f"{name} {getattr(recipe, key)}" for name, recipe in RECIPES.items())
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m training.run",
@@ -53,20 +58,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--epochs",
         type=int,
         default=None,
-        help="epochs (default: the recipe's: cnn 50, mlp 30, rnn 20, fast 2)",
+        help=f"epochs (default: the digit recipe's: {recipe_defaults('epochs')})",
     )
     p.add_argument(
         "--batch-size",
         type=int,
         default=None,
-        help="global batch size, split across DDP ranks (default: the recipe's: 128; fast 512)",
+        help="global batch size, split across DDP ranks (default: the digit recipe's: "
+        f"{recipe_defaults('batch_size')})",
     )
     p.add_argument(
         "--lr",
         type=float,
         default=None,
-        help="peak one-cycle learning rate (default: the recipe's: cnn 3e-3, mlp 1e-3, "
-        "rnn 3e-3, fast 1e-2)",
+        help=f"peak one-cycle learning rate (default: the digit recipe's: {recipe_defaults('lr')})",
     )
     p.add_argument("--no-augment", action="store_true", help="turn off all augmentation")
     p.add_argument(

@@ -233,7 +233,7 @@ def resume(cfg: RunConfig, parts: Parts, log) -> Progress:
     """Model, optimizer, schedule, moving average and progress from a run's last.ckpt."""
     ckpt = checkpoint.load_checkpoint(cfg.resume)
     parts.model.load_state_dict(ckpt["model"])
-    parts.trainer.optimizer.load_state_dict(ckpt["optimizer"])
+    parts.trainer.load_optimizer(ckpt["optimizer"])
     parts.trainer.load_state_dict(ckpt["scheduler"])
     if parts.ema is not None:
         parts.ema.load_state_dict(ckpt["ema"])
@@ -252,6 +252,8 @@ def prepare(parts: Parts, data: Data) -> None:
     on CUDA, also run one validation batch so cuDNN picks its inference algorithms now
     rather than inside the timed loop."""
     parts.trainer.prepare(data.train)
+    # A step that could not be captured runs eagerly: say so in the run's description.
+    parts.graphed = parts.graphed and parts.trainer.graph is not None
     if parts.graphed:
         evaluate(parts.shipped, [next(iter(data.val))], parts.loss_fn, amp=parts.trainer.amp)
 
