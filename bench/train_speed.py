@@ -11,8 +11,7 @@ around the model stay eager, so it does not pay here).
 Test accuracy is measured after the loop, outside the timing, without test-time augmentation.
 
 Produces: bench/RESULTS.md, "The fast recipe" (README, docs/training.md: 99.24% in 0.29 s);
-on the
-the GPU machine `bash bench/gpu.sh train-speed`. Results: bench/results/training/.
+on the GPU machine `bash bench/gpu.sh train-speed`. Results: bench/results/training/.
 """
 
 from __future__ import annotations
