@@ -10,8 +10,8 @@ model (0.98 s against 0.87 s eager for the 2-epoch recipe: the optimizer and the
 around the model stay eager, so it does not pay here).
 Test accuracy is measured after the loop, outside the timing, without test-time augmentation.
 
-Produces: bench/RESULTS.md, "The fast recipe" (README, Training: 99.24% in 0.29 s); on the
-GPU machine `bash bench/gpu.sh train-speed`. Results: bench/results/training/.
+Produces: bench/RESULTS.md, "The fast recipe" (README, docs/training.md: 99.24% in 0.29 s);
+on the GPU machine `bash bench/gpu.sh train-speed`. Results: bench/results/training/.
 """
 
 from __future__ import annotations
