@@ -2,7 +2,7 @@
 
     python bench/fuzz_schema.py                          # 500 examples per target, random seed
     python bench/fuzz_schema.py --max-examples 100 --seed 1 --only predict
-    python bench/fuzz_schema.py --out bench/results/fuzz.md
+    python bench/fuzz_schema.py --out bench/results/fuzz/fuzz.md
 
 schemathesis generates requests from the service's own /openapi.json and sends them to the
 real app over ASGI (lifespan run, weights loaded; small body and batch limits so that 413s are
@@ -13,6 +13,7 @@ ways), image files of every mode and format (whole, truncated, random bytes behi
 signatures) and JSON pixel arrays. Every response goes through the checks of tests/test_fuzz.py:
 no 5xx, documented status, content type, body and headers as documented, negative data
 rejected. Failures are collected rather than stopping the run; the exit status is 1 if any.
+Produces: docs/security.md (the longer fuzzing run). Results: bench/results/fuzz/.
 """
 
 from __future__ import annotations

@@ -9,6 +9,9 @@ quantisation of the Linear/LSTM layers, int8 static quantisation calibrated on t
 torch.compile. Each is checked for accuracy on the whole MNIST
 test set first, and timed as the median of interleaved repeats (so background load hits every
 variant alike), in images/s.
+
+Produces: bench/RESULTS.md, "Model-only inference on the CPU" (docs/performance.md: int8).
+Results: bench/results/inference/.
 """
 
 from __future__ import annotations

@@ -9,6 +9,9 @@ from 32 concurrent callers (throughput, CPU time per request). No sockets, no lo
 the same cores: what remains is FastAPI, multipart/JSON parsing, preprocessing, the batcher and
 the model. Variants are interleaved over several rounds, and the table shows medians and the
 ratio to the first variant (the per-request baseline: float32, batching off).
+
+Produces: bench/RESULTS.md, "In-process, per request". Results:
+bench/results/serving/request-path.md.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Soak test: the real service under mixed traffic and abuse for a bounded time.
 
     python bench/soak.py                                  # 60 s, 32 clients, 2 workers, CPU
-    python bench/soak.py --seconds 300 --clients 64 --out bench/results/soak.md
+    python bench/soak.py --seconds 300 --clients 64 --out bench/results/soak/soak.md
 
 Starts `python -m service --workers 2` (MNIST_DEVICE=cpu, every shipped model, lower body limits
 so that oversized bodies are cheap to send), then runs these phases and checks each:
@@ -23,7 +23,7 @@ so that oversized bodies are cheap to send), then runs these phases and checks e
 
 The server's own access log is read too: a 5xx it logged for a client that had gone (nobody
 saw the answer) still counts as a failure. Prints a report (markdown with --out); exit 1 if a
-check failed.
+check failed. Produces: docs/security.md (the soak run). Results: bench/results/soak/.
 """
 
 from __future__ import annotations

@@ -13,6 +13,10 @@ model (0.98 s against 0.87 s eager for the 2-epoch recipe: the optimizer and the
 around the model stay eager, so it does not pay here).
 Validation and test accuracy are measured after the loop, outside the timing, without
 test-time augmentation; choose on validation.
+
+Produces: bench/RESULTS.md, "The fast recipe" (README, docs/training.md); on the GPU machine
+`bash bench/gpu.sh train-speed` (the table) and `train-fast` (the variants the recipe was chosen
+from). Results: bench/results/training/.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
-"""`python -m service`: check the weights, then serve with uvicorn.
+"""`python -m service`: check the settings and the weights, then serve with uvicorn.
 
-Options default to the MNIST_* environment settings (see service/config.py).
+Options default to the MNIST_* environment settings (see service/config.py) and override them,
+for uvicorn and the app alike.
 """
 
 from __future__ import annotations
@@ -11,15 +12,20 @@ import sys
 import tempfile
 
 import uvicorn
+from pydantic import ValidationError
 
 from service import drain
-from service.config import get_settings
+from service.config import describe, get_settings
 from service.predictor import discover
 from training.checkpoint import WeightsError, load_weights
 
 
 def main(argv: list[str] | None = None) -> int:
-    settings = get_settings()
+    try:
+        settings = get_settings()
+    except ValidationError as exc:
+        print(f"error: invalid setting\n{describe(exc)}", file=sys.stderr)
+        return 2
     parser = argparse.ArgumentParser(
         prog="python -m service",
         description=__doc__,
@@ -33,8 +39,17 @@ def main(argv: list[str] | None = None) -> int:
         default=settings.workers,
         help="uvicorn worker processes, each with its own model (MNIST_WORKERS)",
     )
-    parser.add_argument("--log-level", default=settings.log_level, help="MNIST_LOG_LEVEL")
+    parser.add_argument(
+        "--log-level",
+        default=settings.log_level,
+        choices=["debug", "info", "warning", "error"],
+        help="uvicorn's logs and the app's own (MNIST_LOG_LEVEL)",
+    )
     args = parser.parse_args(argv)
+    # The app reads its settings from the environment, in this process (one worker) or in each
+    # worker process: the flag reaches them there, and the cached settings are read again.
+    os.environ["MNIST_LOG_LEVEL"] = args.log_level
+    get_settings.cache_clear()
 
     # Fail fast with one clear line rather than a traceback from every worker.
     try:

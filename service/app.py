@@ -55,7 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 settings.model,
                 settings.device,
                 settings.int8,
-                settings.batch_max_size if settings.cuda_graphs else 0,
+                settings.batch_max_images if settings.cuda_graphs else 0,
             )
         except (WeightsError, ValueError) as exc:
             log.error("cannot start: %s", exc)
@@ -67,7 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 batcher = MicroBatcher(
                     predictor.predict,
                     predictor.key,
-                    settings.batch_max_size,
+                    settings.batch_max_images,
                     settings.batch_max_delay_ms / 1000,
                     settings.batch_queue_limit,
                 )

@@ -2,8 +2,8 @@
 
 On a GPU host the API is bound by its CPU side, and an eager pass of the cnn costs the worker
 0.40-0.75 ms of CPU at 1-64 images, mostly launching kernels one layer at a time. A captured
-graph replays the whole forward pass in one call: 0.14-0.45 ms (bench/gpu_pass.py,
-bench/results/gpu-2026-12-02/graphs/gpu_pass.md). Same kernels, same outputs.
+graph replays the whole forward pass in one call: 0.14-0.45 ms (bench/RESULTS.md,
+bench/results/inference/gpu-pass-2026-12-02/gpu-pass.md). Same kernels, same outputs.
 
 Each size has its own static input and output on the device; all sizes share one memory pool,
 which is safe because replays are serialised by a lock and each output is copied to the host

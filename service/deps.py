@@ -11,7 +11,7 @@ from fastapi import Depends, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from service.batcher import Arrival, MicroBatcher
-from service.errors import InputError
+from service.errors import ModelNotFound, NotReady
 from service.predictor import Predictor
 
 
@@ -40,20 +40,18 @@ class Registry:
         versions = self.versions.get(self.get(name).name, {})
         if version not in versions:
             available = ", ".join(sorted(versions, key=int))
-            raise InputError(
-                f"model {name!r} has no version {version!r}; available: {available}",
-                status_code=404,
+            raise ModelNotFound(
+                f"model {name!r} has no version {version!r}; available: {available}"
             )
         return versions[version]
 
     def get(self, name: str | None) -> Predictor:
         if not self.ready:
-            raise InputError("the model is not loaded yet", status_code=503)
+            raise NotReady("the model is not loaded yet")
         key = name or self.default
         if key not in self.predictors:
-            raise InputError(
-                f"unknown model {key!r}; loaded: {', '.join(sorted(self.predictors))}",
-                status_code=404,
+            raise ModelNotFound(
+                f"unknown model {key!r}; loaded: {', '.join(sorted(self.predictors))}"
             )
         return self.predictors[key]
 

@@ -16,15 +16,46 @@ from service.batcher import QueueFull
 log = logging.getLogger("service")
 
 
-class InputError(ValueError):
-    """Input the service cannot turn into a digit; `status_code` is the HTTP status to answer,
-    `index` the failing image of a batch (None for a single input)."""
+class ServiceError(Exception):
+    """A request the service answers with JSON {"error": message} and `status_code`."""
 
-    def __init__(self, message: str, status_code: int = 422, index: int | None = None) -> None:
+    status_code = 400
+
+    def __init__(self, message: str, status_code: int | None = None) -> None:
         super().__init__(message)
         self.message = message
-        self.status_code = status_code
+        if status_code is not None:
+            self.status_code = status_code
+
+
+class InputError(ServiceError, ValueError):
+    """Input the service cannot turn into model input: 422 (400 for a body that is not what it
+    claims to be, 413 for an image over the pixel limit, 415 for an unsupported encoding).
+    `index` is the failing image of a batch, also named in the message; None for one input."""
+
+    status_code = 422
+
+    def __init__(
+        self, message: str, status_code: int | None = None, index: int | None = None
+    ) -> None:
+        super().__init__(message if index is None else f"image {index}: {message}", status_code)
         self.index = index
+
+    def for_item(self, index: int) -> InputError:
+        """The same error, said of image `index` of a batch."""
+        return InputError(self.message, self.status_code, index)
+
+
+class ModelNotFound(ServiceError):
+    """No loaded model, or no version of it, by the name the request gave: 404."""
+
+    status_code = 404
+
+
+class NotReady(ServiceError):
+    """The models are not loaded yet (start-up) or no longer served (shutdown): 503."""
+
+    status_code = 503
 
 
 class PayloadTooLarge(Exception):
@@ -50,9 +81,9 @@ def _validation_message(exc: RequestValidationError) -> str:
 
 
 def install(app: FastAPI) -> None:
-    @app.exception_handler(InputError)
-    async def _input(_: Request, exc: InputError) -> JSONResponse:
-        return error_response(exc.status_code, exc.message, exc.index)
+    @app.exception_handler(ServiceError)
+    async def _service(_: Request, exc: ServiceError) -> JSONResponse:
+        return error_response(exc.status_code, exc.message, getattr(exc, "index", None))
 
     @app.exception_handler(QueueFull)
     async def _busy(_: Request, exc: QueueFull) -> JSONResponse:

@@ -42,9 +42,7 @@ def check_has_ink(images: np.ndarray, batch: bool, digits: bool = True) -> None:
     if blank.size:
         index = int(blank[0])
         message = BLANK if digits else BLANK.replace("no digit", "no object")
-        if batch:
-            raise InputError(f"image {index}: {message}", index=index)
-        raise InputError(message)
+        raise InputError(message, index=index if batch else None)
 
 
 def pixels_to_array(pixels: object, normalize_upload: bool = False) -> np.ndarray:

@@ -90,11 +90,11 @@ class Predictor:
 
     @classmethod
     def load(
-        cls, weights_path: Path, device: torch.device, int8: bool = False, cuda_graphs: int = 0
+        cls, weights_path: Path, device: torch.device, int8: bool = False, graph_max_images: int = 0
     ) -> Predictor:
         """Load, verify and warm up; with `int8` on the CPU, serve weights/int8/<name>.pt in
         place of the float model when it exists (made from these very weights). On CUDA, with
-        `cuda_graphs` > 0, capture one graph per batch size up to that many images."""
+        `graph_max_images` > 0, capture one CUDA graph per batch size up to that many images."""
         model, metadata = load_weights(weights_path, device)
         name, version = parse_stem(weights_path.stem)
         channels_last = device.type == "cpu" and _has_conv(model)
@@ -110,9 +110,9 @@ class Predictor:
         predictor = cls(
             name, model, metadata, device, weights_path, version, quantized, channels_last
         )
-        if cuda_graphs and device.type == "cuda":
+        if graph_max_images and device.type == "cuda":
             try:
-                predictor.graphs = CudaGraphs(model, device, cuda_graphs, channels_last)
+                predictor.graphs = CudaGraphs(model, device, graph_max_images, channels_last)
             except RuntimeError as exc:  # an op that cannot be captured: stay eager
                 log.warning("%s: no CUDA graphs (%s); running eagerly", name, exc)
         predictor.predict(np.zeros((1, 28, 28), dtype=np.float32))  # warm-up: first call is slow
@@ -200,7 +200,7 @@ def load_all(
     default: str,
     device_arg: str,
     int8: bool = False,
-    cuda_graphs: int = 0,
+    graph_max_images: int = 0,
 ) -> list[Predictor]:
     """Every model version to serve, loaded, verified and warmed up."""
     device = select_device(device_arg)
@@ -208,11 +208,11 @@ def load_all(
         # No cuDNN autotuning: its results are cached per thread, and the passes run on the
         # batcher's thread and the threadpool's, so every new (thread, batch size) pair timed
         # all the algorithms again: 200+ ms stalls, the cnn's p99 of 400 ms on an H200. The
-        # heuristic choice serves as fast (bench/results/gpu-2026-12-02/README.md).
+        # heuristic choice serves as fast (bench/results/serving/gpu-tail-2026-12-02/README.md).
         torch.backends.cudnn.benchmark = False
     loaded = []
     for path in discover(weights_dir, names):
-        predictor = Predictor.load(path, device, int8, cuda_graphs)
+        predictor = Predictor.load(path, device, int8, graph_max_images)
         loaded.append(predictor)
         log.info(
             "loaded %s (%s) on %s%s%s",

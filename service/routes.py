@@ -138,7 +138,7 @@ async def _json_body(request: Request, model: type[M]) -> M:
 
 
 async def _uploads(request: Request, field: str, settings: Settings) -> list[bytes]:
-    form = await request.form(max_files=settings.max_batch_size + 1, max_fields=100)
+    form = await request.form(max_files=settings.max_request_images + 1, max_fields=100)
     try:
         items = form.getlist(field)
         if not items:
@@ -185,8 +185,7 @@ def _item(job: Callable[[], np.ndarray], index: int, batch: bool) -> np.ndarray:
         return job()
     except InputError as exc:
         if batch:
-            exc.message = f"image {index}: {exc.message}"
-            exc.index = index
+            raise exc.for_item(index) from None
         raise
 
 
@@ -327,9 +326,9 @@ async def predict_batch(
                 whole = partial(pixel_batch_to_array, body.images)
         if not jobs:
             raise InputError("empty batch: send at least one image")
-        if len(jobs) > settings.max_batch_size:
+        if len(jobs) > settings.max_request_images:
             raise InputError(
-                f"batch of {len(jobs)} images exceeds the limit of {settings.max_batch_size}",
+                f"batch of {len(jobs)} images exceeds the limit of {settings.max_request_images}",
                 status_code=413,
             )
         predictions = await _predict(

@@ -25,7 +25,6 @@ import hmac
 import logging
 import math
 import time
-from pathlib import Path
 
 from limits import RateLimitItem, parse
 from limits.aio.storage import Storage
@@ -52,13 +51,8 @@ STORAGE_RETRY_S = 2.0
 
 
 def load_keys(settings: Settings) -> list[bytes]:
-    keys = list(settings.api_keys)
-    if settings.api_keys_file:
-        text = Path(settings.api_keys_file).read_text()
-        keys += [
-            line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")
-        ]
-    return [k.encode() for k in keys]
+    # api_keys holds those of MNIST_API_KEYS_FILE too, read when the settings loaded.
+    return [k.encode() for k in settings.api_keys]
 
 
 def limit_storage(uri: str) -> Storage:

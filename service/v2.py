@@ -499,12 +499,12 @@ async def _infer(request: Request, predictor: Predictor) -> Response:
         body = await request.body()
         encoding = request.headers.get("content-encoding", "identity").strip().lower()
         header_length = request.headers.get(HEADER_LENGTH)
-        # Decompressing, parsing and checking up to max_batch_size images is CPU work: off the
+        # Decompressing, parsing and checking up to max_request_images images is CPU work: off the
         # loop, unless the body is small (a few images), where a thread hop costs more.
         cheap = encoding == "identity" and len(body) <= CHEAP_BODY_BYTES
         if encoding != "identity":
             body = await run_in_threadpool(_decompress, body, encoding, settings.max_request_bytes)
-        args = (body, header_length, settings.max_batch_size, _outputs(predictor))
+        args = (body, header_length, settings.max_request_images, _outputs(predictor))
         parsed = _parse_request(*args) if cheap else await run_in_threadpool(_parse_request, *args)
         # As on the REST paths: an image with no ink is no digit (or object).
         check_has_ink(parsed.images, len(parsed.images) > 1, predictor.dataset == "mnist")
@@ -566,7 +566,9 @@ INFER_DOC = dict(
 @router.get("/models/{name}", summary="Model metadata", responses=ERRORS)
 async def model_metadata(request: Request, name: str) -> dict:
     return _metadata(
-        _model(request, name), request.app.state.settings.max_batch_size, _versions(request, name)
+        _model(request, name),
+        request.app.state.settings.max_request_images,
+        _versions(request, name),
     )
 
 
@@ -574,7 +576,7 @@ async def model_metadata(request: Request, name: str) -> dict:
 async def model_version_metadata(request: Request, name: str, version: str) -> dict:
     return _metadata(
         _model(request, name, version),
-        request.app.state.settings.max_batch_size,
+        request.app.state.settings.max_request_images,
         _versions(request, name),
     )
 
@@ -591,7 +593,7 @@ async def model_version_ready(request: Request, name: str, version: str) -> dict
 
 @router.get("/models/{name}/config", summary="Model configuration (Triton)", responses=ERRORS)
 async def model_config(request: Request, name: str) -> dict:
-    return _config(_model(request, name), request.app.state.settings.max_batch_size)
+    return _config(_model(request, name), request.app.state.settings.max_request_images)
 
 
 @router.get(
@@ -600,7 +602,7 @@ async def model_config(request: Request, name: str) -> dict:
     responses=ERRORS,
 )
 async def model_version_config(request: Request, name: str, version: str) -> dict:
-    return _config(_model(request, name, version), request.app.state.settings.max_batch_size)
+    return _config(_model(request, name, version), request.app.state.settings.max_request_images)
 
 
 @router.post("/models/{name}/infer", **INFER_DOC)

@@ -16,11 +16,6 @@ pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
 def predictor() -> Predictor:
     import torch
 
@@ -184,7 +179,7 @@ def test_cuda_graphs_are_asked_for_only_on_cuda(predictor, mnist_test) -> None:
     # What the service asks for by default (MNIST_CUDA_GRAPHS): on the CPU it changes nothing.
     import torch
 
-    graphed = Predictor.load(WEIGHTS_DIR / "mlp.pt", torch.device("cpu"), cuda_graphs=16)
+    graphed = Predictor.load(WEIGHTS_DIR / "mlp.pt", torch.device("cpu"), graph_max_images=16)
     assert graphed.graphs is None
     images = mnist_test[0][:16].astype(np.float32)
     np.testing.assert_array_equal(graphed.predict(images), predictor.predict(images))

@@ -13,12 +13,9 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from asgi_lifespan import LifespanManager
 from PIL import Image
 
-from service.app import create_app
-from service.config import Settings
-from tests.conftest import WEIGHTS_DIR
+from tests.conftest import WEIGHTS_DIR, app_client
 from tests.test_training import QUICK
 from tests.uploads import encode, paper, product_photo
 from training import data, run
@@ -145,17 +142,9 @@ def test_shipped_weights_record_dataset_and_classes() -> None:
 
 
 @pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
 async def client() -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(Settings(weights_dir=WEIGHTS_DIR, device="cpu", max_batch_size=N))
-    async with LifespanManager(app) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
-            yield c
+    async with app_client(max_request_images=N) as c:
+        yield c
 
 
 def upload(img: Image.Image, fmt: str = "PNG") -> dict:

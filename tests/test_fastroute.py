@@ -49,11 +49,6 @@ def build() -> FastAPI:
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 async def client() -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=build())
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:

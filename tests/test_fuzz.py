@@ -67,7 +67,7 @@ EXAMPLES = int(os.environ.get("MNIST_FUZZ_EXAMPLES", "15"))
 LIMITS = dict(
     max_request_bytes=300_000,
     max_upload_bytes=100_000,
-    max_batch_size=8,
+    max_request_images=8,
     max_image_pixels=1_000_000,
 )
 

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -18,7 +19,15 @@ from PIL import Image, ImageFilter
 
 from service.errors import InputError
 from service.pixels import pixel_batch_to_array, pixels_to_array, to_model_input
-from service.upload import as_mnist_digit, decode_image, image_to_mnist, preprocess_upload
+from service.upload import (
+    _png_grey,
+    as_mnist_digit,
+    decode_image,
+    image_to_mnist,
+    open_upload,
+    preprocess_upload,
+    to_grey,
+)
 from tests.uploads import png_header_bomb
 from training.models import normalize
 
@@ -316,6 +325,62 @@ def test_16_bit_images_are_scaled_not_clipped(seven: np.ndarray, lo: int, hi: in
     grey16 = np.round(hi - (hi - lo) * cover).astype(np.uint16)
     out = preprocess_upload(encode(Image.fromarray(grey16), "PNG"), LIMIT)
     assert_mnist_like(out)
+
+
+def canvas_rgba(seven: np.ndarray) -> Image.Image:
+    """Blue ink on a transparent canvas, half the alpha levels soft."""
+    cover = ink_cover(seven)
+    rgba = np.zeros((*cover.shape, 4), dtype=np.uint8)
+    rgba[..., :3] = (20, 40, 200)
+    rgba[..., 3] = np.round(cover * 255).astype(np.uint8)
+    return Image.fromarray(rgba)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "RGB", "L", "1"])
+def test_opencv_and_pillow_decode_plain_pngs_alike(seven: np.ndarray, mode: str) -> None:
+    """Plain 8-bit PNGs are decoded by OpenCV (faster); its grey levels must match Pillow's."""
+    img = canvas_rgba(seven)
+    img = img.convert(mode) if mode in ("RGBA", "LA") else Image.fromarray(paper(ink_cover(seven)))
+    data = encode(img.convert(mode), "PNG")
+    fast = _png_grey(open_upload(data, LIMIT))
+    assert fast is not None, "plain PNGs take OpenCV's decoder"
+    slow = to_grey(decode_image(data, LIMIT))
+    assert fast.shape == slow.shape
+    assert np.abs(fast.astype(int) - slow).max() <= 1
+    assert (
+        np.abs(
+            preprocess_upload(data, LIMIT).astype(int) - image_to_mnist(decode_image(data, LIMIT))
+        ).max()
+        <= 1
+    )
+
+
+@pytest.mark.parametrize("kind", ["palette", "trns", "16-bit-rgb", "exif", "apng", "jpeg"])
+def test_other_images_are_left_to_pillow(
+    seven: np.ndarray, reference: np.ndarray, kind: str
+) -> None:
+    grey = paper(ink_cover(seven))
+    img = Image.fromarray(grey).convert("RGB")
+    if kind == "palette":
+        data = encode(img.convert("P", palette=Image.Palette.ADAPTIVE), "PNG")
+    elif kind == "trns":
+        data = encode(img, "PNG", transparency=(235, 235, 235))
+    elif kind == "16-bit-rgb":
+        ok, buf = cv2.imencode(
+            ".png", np.repeat(grey[..., None], 3, axis=2).astype(np.uint16) * 257
+        )
+        assert ok
+        data = buf.tobytes()
+    elif kind == "exif":
+        exif = Image.Exif()
+        exif[0x0112] = 1
+        data = encode(img, "PNG", exif=exif.tobytes())
+    elif kind == "apng":
+        data = encode(img, "PNG", save_all=True, append_images=[Image.new("RGB", img.size)])
+    else:
+        data = encode(img, "JPEG", quality=95)
+    assert _png_grey(open_upload(data, LIMIT)) is None
+    assert similarity(preprocess_upload(data, LIMIT), reference) > 0.9
 
 
 def test_premultiplied_alpha_modes(seven: np.ndarray, reference: np.ndarray) -> None:

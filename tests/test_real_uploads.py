@@ -15,13 +15,10 @@ from collections.abc import AsyncIterator
 import httpx
 import numpy as np
 import pytest
-from asgi_lifespan import LifespanManager
 from PIL import Image
 
 from bench.upload_accuracy import SEED, cutoff, lowres, tight
-from service.app import create_app
-from service.config import Settings
-from tests.conftest import WEIGHTS_DIR
+from tests.conftest import app_client
 from tests.uploads import encode
 
 pytestmark = pytest.mark.anyio
@@ -31,17 +28,9 @@ PER_REQUEST = 100
 
 
 @pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
 async def client() -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(Settings(weights_dir=WEIGHTS_DIR, device="cpu"))
-    async with LifespanManager(app) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
-            yield c
+    async with app_client() as c:
+        yield c
 
 
 async def read_all(client: httpx.AsyncClient, uploads: list[bytes]) -> list[int | None]:

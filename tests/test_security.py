@@ -7,20 +7,18 @@ import hashlib
 import json
 import logging
 import shutil
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import httpx
 import pytest
 import redis
 import torch
-from asgi_lifespan import LifespanManager
 
 from service.app import create_app
 from service.config import Settings
 from service.security import STORAGE_RETRY_S
-from tests.conftest import WEIGHTS_DIR
+from tests.conftest import WEIGHTS_DIR, app_client, cpu_settings, started
 from tests.servers import free_port, redis_server
 from training.checkpoint import WeightsError, load_weights
 
@@ -28,21 +26,9 @@ pytestmark = pytest.mark.anyio
 PIXELS = {"pixels": [0] * 392 + [255] * 392}  # any pixel array with ink
 
 
-@pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@asynccontextmanager
-async def serve(**overrides) -> AsyncIterator[httpx.AsyncClient]:
-    settings = Settings(
-        weights_dir=WEIGHTS_DIR, device="cpu", models=["mlp"], model="mlp", **overrides
-    )
-    app = create_app(settings)
-    async with LifespanManager(app) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            yield client
+def serve(**overrides) -> AbstractAsyncContextManager[httpx.AsyncClient]:
+    """The app serving the mlp alone, with `overrides`, and a client."""
+    return app_client(models=["mlp"], model="mlp", **overrides)
 
 
 async def test_auth_is_off_by_default() -> None:
@@ -75,17 +61,13 @@ async def test_keys_from_a_file_and_from_the_environment(tmp_path: Path, monkeyp
     keys = tmp_path / "keys.txt"
     keys.write_text("# one key per line\nfrom-file\n")
     monkeypatch.setenv("MNIST_API_KEYS", "from-env-1, from-env-2")
-    settings = Settings(
-        weights_dir=WEIGHTS_DIR, device="cpu", models=["mlp"], model="mlp", api_keys_file=keys
-    )
-    assert settings.api_keys == ["from-env-1", "from-env-2"]
-    app = create_app(settings)
-    async with LifespanManager(app) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            for key, status in (("from-file", 200), ("from-env-2", 200), ("other", 403)):
-                r = await client.post("/predict", json=PIXELS, headers={"X-API-Key": key})
-                assert r.status_code == status
+    # The file is read when the settings load: its keys join those of the environment.
+    settings = cpu_settings(models=["mlp"], model="mlp", api_keys_file=keys)
+    assert settings.api_keys == ["from-env-1", "from-env-2", "from-file"]
+    async with started(create_app(settings)) as client:
+        for key, status in (("from-file", 200), ("from-env-2", 200), ("other", 403)):
+            r = await client.post("/predict", json=PIXELS, headers={"X-API-Key": key})
+            assert r.status_code == status
 
 
 async def test_probes_and_metrics_stay_open_unless_configured() -> None:
@@ -202,17 +184,9 @@ async def test_with_keys_on_each_valid_key_has_its_own_bucket() -> None:
         assert (await client.get("/metrics", headers={"X-API-Key": "x3"})).status_code == 429
 
 
-@asynccontextmanager
-async def serve_from(peer: str, **overrides) -> AsyncIterator[httpx.AsyncClient]:
+def serve_from(peer: str, **overrides) -> AbstractAsyncContextManager[httpx.AsyncClient]:
     """The app, with requests arriving from `peer` (the connection's address)."""
-    settings = Settings(
-        weights_dir=WEIGHTS_DIR, device="cpu", models=["mlp"], model="mlp", **overrides
-    )
-    app = create_app(settings)
-    async with LifespanManager(app) as manager:
-        transport = httpx.ASGITransport(app=manager.app, client=(peer, 40000))
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            yield client
+    return serve(peer=peer, **overrides)
 
 
 async def forwarded_statuses(client: httpx.AsyncClient, addresses: list[str]) -> list[int]:
@@ -296,3 +270,21 @@ def storage_errors(metrics: str) -> float:
 def test_unknown_rate_limit_storage_is_refused() -> None:
     with pytest.raises(ValueError, match="memory:// or redis://"):
         Settings(rate_limit_storage="memcached://127.0.0.1:11211")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        ({"rate_limit": "fifty a second"}, "couldn't parse rate limit string"),
+        ({"rate_limit": "5/fortnight"}, "no granularity matched"),
+        ({"api_keys_file": "/nonexistent/keys.txt"}, "MNIST_API_KEYS_FILE: cannot read"),
+        ({"trusted_proxies": "10.0.0.300"}, "does not appear to be an IPv4 or IPv6 network"),
+        ({"trusted_proxies": "10.0.0.1/8"}, "has host bits set"),
+        ({"trusted_proxies": "*,10.0.0.0/8"}, "give it alone"),
+    ],
+)
+def test_access_settings_are_checked_when_they_load(overrides: dict, fragment: str) -> None:
+    # Not when the middleware is first built (the first request), and not silently dropped:
+    # uvicorn takes a malformed proxy address for a host name that never matches.
+    with pytest.raises(ValueError, match=fragment):
+        Settings(**overrides)

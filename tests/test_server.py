@@ -90,6 +90,45 @@ def test_bad_weights_fail_start_with_one_clear_line(
     assert lines[0].startswith("error: ") and fragment in lines[0]
 
 
+@pytest.mark.parametrize(
+    ("env", "fragment"),
+    [
+        ({"MNIST_RATE_LIMIT": "lots"}, "MNIST_RATE_LIMIT: couldn't parse rate limit string 'lots'"),
+        ({"MNIST_API_KEYS_FILE": "/nonexistent/keys"}, "MNIST_API_KEYS_FILE: cannot read"),
+        ({"MNIST_TRUSTED_PROXIES": "10.0.0.1/8"}, "MNIST_TRUSTED_PROXIES: '10.0.0.1/8'"),
+    ],
+    ids=["rate-limit", "keys-file", "proxies"],
+)
+def test_bad_settings_fail_start_saying_which(env: dict[str, str], fragment: str) -> None:
+    # Before, these were read when the security middleware was built: on the first request.
+    proc, _ = start(env)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert lines[0] == "error: invalid setting" and fragment in lines[1], out
+
+
+def test_log_level_flag_sets_the_apps_own_level_too(mnist_test) -> None:
+    # --log-level used to reach uvicorn only: the app's info lines still came at info.
+    with running_service(
+        {"MNIST_MODELS": "mlp", "MNIST_MODEL": "mlp"}, "--log-level", "warning"
+    ) as (
+        base,
+        proc,
+    ):
+        r = httpx.post(f"{base}/predict", json={"pixels": mnist_test[0][0].tolist()})
+        assert r.status_code == 200
+        out = stop(proc)
+    assert "Finished server process" not in out  # uvicorn's own info line
+    assert "torch threads" not in out and "/predict" not in out, out  # the app's, access line too
+    with running_service({"MNIST_MODELS": "mlp", "MNIST_MODEL": "mlp"}, "--log-level", "info") as (
+        base,
+        proc,
+    ):
+        out = stop(proc)
+    assert "torch threads" in out and "Finished server process" in out, out
+
+
 def test_metadata_sha_matches_shipped_files() -> None:
     from training.checkpoint import sha256_file
 

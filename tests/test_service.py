@@ -9,12 +9,11 @@ from collections.abc import AsyncIterator
 import httpx
 import numpy as np
 import pytest
-from asgi_lifespan import LifespanManager
 from PIL import Image
 
 from service.app import create_app
 from service.config import Settings
-from tests.conftest import WEIGHTS_DIR
+from tests.conftest import WEIGHTS_DIR, app_client, cpu_settings, started
 from tests.uploads import canvas, encode, paper, png_header_bomb
 from training.checkpoint import load_weights
 from training.models import normalize
@@ -24,23 +23,15 @@ pytestmark = pytest.mark.anyio
 SMALL_LIMITS = dict(
     max_request_bytes=1_000_000,
     max_upload_bytes=400_000,
-    max_batch_size=4,
+    max_request_images=4,
     max_image_pixels=1_000_000,
 )
 
 
 @pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
 async def client() -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(Settings(weights_dir=WEIGHTS_DIR, device="cpu", **SMALL_LIMITS))
-    async with LifespanManager(app) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
-            yield c
+    async with app_client(**SMALL_LIMITS) as c:
+        yield c
 
 
 def assert_prediction(body: dict) -> None:
@@ -63,8 +54,17 @@ async def test_health_endpoints(client: httpx.AsyncClient) -> None:
     assert (await client.get("/health/live")).json() == {"status": "ok"}
 
 
+def test_renamed_settings_still_read_their_old_environment_names(monkeypatch) -> None:
+    monkeypatch.setenv("MNIST_MAX_BATCH_SIZE", "7")  # now MNIST_MAX_REQUEST_IMAGES
+    monkeypatch.setenv("MNIST_BATCH_MAX_SIZE", "9")  # now MNIST_BATCH_MAX_IMAGES
+    settings = Settings()
+    assert (settings.max_request_images, settings.batch_max_images) == (7, 9)
+    monkeypatch.setenv("MNIST_MAX_REQUEST_IMAGES", "5")  # the new name wins over the old
+    assert Settings().max_request_images == 5
+
+
 async def test_not_ready_before_startup() -> None:
-    app = create_app(Settings(weights_dir=WEIGHTS_DIR, device="cpu"))  # lifespan not run
+    app = create_app(cpu_settings())  # lifespan not run
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
         assert (await c.get("/health")).status_code == 503
@@ -411,27 +411,23 @@ async def test_accuracy_on_realistic_uploads(client: httpx.AsyncClient, mnist_te
 
 
 async def test_full_batching_queue_answers_503_with_retry_after(mnist_test) -> None:
-    settings = Settings(
-        weights_dir=WEIGHTS_DIR,
-        device="cpu",
+    settings = cpu_settings(
         models=["mlp"],
         model="mlp",
         batch_max_delay_ms=300,
         batch_queue_limit=1,
     )
     app = create_app(settings)
-    async with LifespanManager(app) as manager:
+    async with started(app) as c:
         batcher = next(iter(app.state.registry.batchers.values()))
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
-            # One image queued while another request is still on its way: the collector
-            # waits (up to 300 ms) for that one, so the queue of 1 is full meanwhile.
-            with batcher.arriving():
-                queued = asyncio.create_task(batcher.submit(mnist_test[0][:1]))
-                await asyncio.sleep(0)
-                busy = await c.post("/predict", json={"pixels": mnist_test[0][0].tolist()})
-            assert (await queued).shape == (1, 10)
-            after = await c.post("/predict", json={"pixels": mnist_test[0][0].tolist()})
+        # One image queued while another request is still on its way: the collector
+        # waits (up to 300 ms) for that one, so the queue of 1 is full meanwhile.
+        with batcher.arriving():
+            queued = asyncio.create_task(batcher.submit(mnist_test[0][:1]))
+            await asyncio.sleep(0)
+            busy = await c.post("/predict", json={"pixels": mnist_test[0][0].tolist()})
+        assert (await queued).shape == (1, 10)
+        after = await c.post("/predict", json={"pixels": mnist_test[0][0].tolist()})
     assert busy.status_code == 503
     assert busy.headers["retry-after"] == "1" and "busy" in busy.json()["error"]
     assert after.status_code == 200
@@ -449,11 +445,8 @@ def metric(text: str, name: str, **labels: str) -> float:
 
 async def test_metrics_move_with_requests(mnist_test) -> None:
     # Metrics are per process: a fresh app, so gauges reflect this app's three models.
-    app = create_app(Settings(weights_dir=WEIGHTS_DIR, device="cpu"))
-    async with LifespanManager(app) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            await check_metrics(client, mnist_test)
+    async with app_client() as client:
+        await check_metrics(client, mnist_test)
 
 
 async def check_metrics(client: httpx.AsyncClient, mnist_test) -> None:

@@ -11,12 +11,10 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 import numpy as np
 import pytest
-from asgi_lifespan import LifespanManager
 
 from service.app import create_app
-from service.config import Settings
 from service.predictor import Predictor
-from tests.conftest import WEIGHTS_DIR
+from tests.conftest import WEIGHTS_DIR, app_client, cpu_settings, started
 from tests.servers import running_service
 
 MAX_BATCH = 32
@@ -25,20 +23,9 @@ DIGIT_OUTPUTS = ["probabilities", "digit", "class_index", "label"]  # a digit mo
 
 
 @pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
 async def client() -> AsyncIterator[httpx.AsyncClient]:
-    settings = Settings(
-        weights_dir=WEIGHTS_DIR, device="cpu", max_batch_size=MAX_BATCH, max_request_bytes=2**21
-    )
-    app = create_app(settings)
-    async with LifespanManager(app) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
-            yield c
+    async with app_client(max_request_images=MAX_BATCH, max_request_bytes=2**21) as c:
+        yield c
 
 
 def json_input(arr: np.ndarray, datatype: str, nested: bool = True) -> dict:
@@ -175,7 +162,7 @@ async def test_model_ready_and_config(client: httpx.AsyncClient) -> None:
 
 @pytest.mark.anyio
 async def test_not_ready_before_startup() -> None:
-    app = create_app(Settings(weights_dir=WEIGHTS_DIR, device="cpu"))  # lifespan not run
+    app = create_app(cpu_settings())  # lifespan not run
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
         assert (await c.get("/v2/health/live")).status_code == 200
@@ -359,17 +346,11 @@ async def test_inference_runs_off_the_event_loop(
         return original(self, images)
 
     monkeypatch.setattr(Predictor, "predict", recording)
-    settings = Settings(
-        weights_dir=WEIGHTS_DIR, device="cpu", models=["mlp"], model="mlp", batching=batching
-    )
-    app = create_app(settings)
-    async with LifespanManager(app) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
-            threads.clear()  # the warm-up pass at start-up does not count
-            # Three images: an idle server runs passes of one or two on the loop itself.
-            body = {"inputs": [json_input(mnist_test[0][:3], "UINT8")]}
-            r = await c.post("/v2/models/mlp/infer", json=body)
+    async with app_client(models=["mlp"], model="mlp", batching=batching) as c:
+        threads.clear()  # the warm-up pass at start-up does not count
+        # Three images: an idle server runs passes of one or two on the loop itself.
+        body = {"inputs": [json_input(mnist_test[0][:3], "UINT8")]}
+        r = await c.post("/v2/models/mlp/infer", json=body)
     assert r.status_code == 200, r.text
     assert threads and threading.get_ident() not in threads
 
@@ -680,7 +661,7 @@ async def test_numbered_versions_of_one_model(tmp_path, mnist_test) -> None:
     for src, dst in (("mlp", "mlp"), ("cnn", "mlp.v2")):
         shutil.copy(WEIGHTS_DIR / f"{src}.pt", tmp_path / f"{dst}.pt")
         shutil.copy(WEIGHTS_DIR / f"{src}.json", tmp_path / f"{dst}.json")
-    app = create_app(Settings(weights_dir=tmp_path, device="cpu", model="mlp", models=["mlp"]))
+    app = create_app(cpu_settings(weights_dir=tmp_path, model="mlp", models=["mlp"]))
     images, labels = mnist_test
     body = {
         "inputs": [
@@ -692,22 +673,20 @@ async def test_numbered_versions_of_one_model(tmp_path, mnist_test) -> None:
             }
         ]
     }
-    async with LifespanManager(app) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
-            meta = (await c.get("/v2/models/mlp")).json()
-            assert meta["versions"] == ["1", "2"]
-            for path, version in (
-                ("/v2/models/mlp/infer", "2"),
-                ("/v2/models/mlp/versions/1/infer", "1"),
-                ("/v2/models/mlp/versions/2/infer", "2"),
-            ):
-                r = await c.post(path, json=body)
-                assert r.status_code == 200, r.text
-                assert r.json()["model_version"] == version
-                digits = next(o for o in r.json()["outputs"] if o["name"] == "digit")["data"]
-                assert digits == labels[:2].tolist()
-            missing = await c.get("/v2/models/mlp/versions/3")
-            assert missing.status_code == 404 and "available: 1, 2" in missing.json()["error"]
-            info = (await c.get("/model")).json()
-            assert info["version"] == "2" and info["architecture"] == "cnn"
+    async with started(app) as c:
+        meta = (await c.get("/v2/models/mlp")).json()
+        assert meta["versions"] == ["1", "2"]
+        for path, version in (
+            ("/v2/models/mlp/infer", "2"),
+            ("/v2/models/mlp/versions/1/infer", "1"),
+            ("/v2/models/mlp/versions/2/infer", "2"),
+        ):
+            r = await c.post(path, json=body)
+            assert r.status_code == 200, r.text
+            assert r.json()["model_version"] == version
+            digits = next(o for o in r.json()["outputs"] if o["name"] == "digit")["data"]
+            assert digits == labels[:2].tolist()
+        missing = await c.get("/v2/models/mlp/versions/3")
+        assert missing.status_code == 404 and "available: 1, 2" in missing.json()["error"]
+        info = (await c.get("/model")).json()
+        assert info["version"] == "2" and info["architecture"] == "cnn"
