@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +38,7 @@ from training.recipes import Recipe
 from training.timing import DATA, DEVICE, EVALUATION, LOOP, SETUP, WRITING, Timings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+Log = Callable[..., None]  # print on rank 0, a no-op on the others
 
 
 @dataclass(frozen=True)
@@ -115,7 +117,7 @@ def train(cfg: RunConfig, timings: Timings) -> RunResult | None:
         configure(device, cfg.recipe.cudnn_benchmark)
         timings.device = device
         timings.add(DEVICE, time.perf_counter() - start)
-        log = print if ddp.is_main else (lambda *a, **k: None)
+        log: Log = print if ddp.is_main else (lambda *a, **k: None)
 
         with timings.phase(DATA):
             data = load_data(cfg, ddp)
@@ -229,7 +231,7 @@ def build_parts(cfg: RunConfig, ddp: Distributed, data: Data) -> Parts:
     return Parts(model, shipped, trainer, ema, loss_fn, graphed)
 
 
-def resume(cfg: RunConfig, parts: Parts, log) -> Progress:
+def resume(cfg: RunConfig, parts: Parts, log: Log) -> Progress:
     """Model, optimizer, schedule, moving average and progress from a run's last.ckpt."""
     ckpt = checkpoint.load_checkpoint(cfg.resume)
     parts.model.load_state_dict(ckpt["model"])
@@ -276,7 +278,7 @@ def fit(
     run_dir: Path,
     is_main: bool,
     timings: Timings,
-    log,
+    log: Log,
 ) -> None:
     """The epochs: train, validate when the recipe says so, keep the best, checkpoint."""
     recipe = cfg.recipe
