@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The PyTorch build to install (override, e.g. TORCH="torch torchvision" for the newest).
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: serve test lint install image-check
+.PHONY: serve test test-slow lint install image-check
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,9 +18,14 @@ install: $(VENV)/.installed
 serve: $(VENV)/.installed  ## serve weights/ on http://127.0.0.1:8000
 	$(PY) -m service
 
-test: $(VENV)/.installed  ## lint, then the whole suite, slow checks included
+test: $(VENV)/.installed  ## lint, then the suite without the tests marked slow
 	$(PY) -m ruff check .
-	$(PY) -m pytest
+	$(PY) -m pytest -m "not slow"
+
+# The tests marked slow: real training runs, server processes, browsers, compose, nginx, Redis.
+# CI (.ci/run) runs them after `make test`.
+test-slow: $(VENV)/.installed
+	$(PY) -m pytest -m slow
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .

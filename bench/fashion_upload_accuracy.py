@@ -12,7 +12,7 @@ The first line is the model on the test arrays themselves, the ceiling.
 
     python bench/fashion_upload_accuracy.py --limit 1000
 
-Produces: bench/RESULTS.md, "Fashion-MNIST" (its uploads table; README, Fashion-MNIST).
+Produces: bench/RESULTS.md, "Fashion-MNIST" (its uploads table; docs/fashion-mnist.md).
 Results: bench/results/uploads/fashion_upload_accuracy.md.
 """
 

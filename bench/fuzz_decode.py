@@ -10,7 +10,7 @@ run as a crash, with the input written to --artifacts. Pillow's Python decoders 
 service.upload are instrumented for coverage; the seed corpus holds small images of every
 mode in every format Pillow writes (PNG, JPEG, BMP, GIF, TIFF, WebP), so mutations start from
 real structure. Known, reported bugs are counted and printed instead of stopping the run,
-unless --strict. Produces: README, Security (bugs found: bench/results/fuzz/fuzz.md).
+unless --strict. Produces: docs/security.md (bugs found: bench/results/fuzz/fuzz.md).
 """
 
 from __future__ import annotations

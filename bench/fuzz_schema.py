@@ -13,7 +13,7 @@ ways), image files of every mode and format (whole, truncated, random bytes behi
 signatures) and JSON pixel arrays. Every response goes through the checks of tests/test_fuzz.py:
 no 5xx, documented status, content type, body and headers as documented, negative data
 rejected. Failures are collected rather than stopping the run; the exit status is 1 if any.
-Produces: README, Security (the longer fuzzing run). Results: bench/results/fuzz/.
+Produces: docs/security.md (the longer fuzzing run). Results: bench/results/fuzz/.
 """
 
 from __future__ import annotations

@@ -4,6 +4,15 @@
 # Steps (each writes to $OUT/STEP/, with machine.txt: GPU, cores, torch, commit, date):
 #   infer        model-only images/s at batch 1-8192, precision variants (bench/infer_gpu.py)
 #   train-speed  the fast recipe against plainer variants, 5 seeds (bench/train_speed.py)
+#   train-fast   the variants the fast recipe was chosen from (5 seeds each; the choice: best
+#                validation mean with a loop <= 0.145 s), then `training.run --model fast`
+#                end to end twice, and once with the cuDNN autotuner flipped
+#   train-cnn    `training.run --model cnn` for seeds 0 1 2, one at a time (CNN_SET: extra
+#                flags, e.g. "--set stroke=0.5"); weights, plots and logs in cnn.tgz
+#   train-cands  cnn candidates on validation, seed 0: moving average, stroke width, elastic,
+#                label smoothing, width 48, 80 epochs, scale, combinations; weights in cands.tgz
+#   resume       the cnn for 8 epochs straight (cuDNN autotuner on, then off), and killed
+#                after epoch 4 then resumed through the CUDA-graph step; histories compared
 #   ddp          the cnn recipe on 1 and 2 GPUs under torchrun, eager, then 1 GPU graphed
 #                (EPOCHS, default 10; needs 2 GPUs for the second run)
 #   fashion      Fashion-MNIST: the cnn recipe, its random-erasing candidate, the mlp recipe;
@@ -56,6 +65,112 @@ step_infer() {
 step_train_speed() {
   "$PY" bench/train_speed.py --data-dir "$MNIST_DATA_DIR" --seeds 5 \
     --json "$1/train_speed.json" 2>&1 | tee "$1/train_speed.log"
+}
+
+TRAIN="training.run --no-progress --no-download"
+TIMEFORMAT='command wall %R s'  # bash's `time`: start to exit, the interpreter's start included
+
+step_train_fast() {
+  local sets flip i
+  "$PY" bench/train_speed.py --data-dir "$MNIST_DATA_DIR" --seeds 5 --only - \
+    --json "$1/fast_variants.json" \
+    --try "1 ep, b384, lr 2e-2, no cudnn autotune" epochs=1 batch_size=384 lr=0.02 \
+    cudnn_benchmark=false \
+    --try "1 ep, b384, lr 2e-2" epochs=1 batch_size=384 lr=0.02 \
+    --try "1 ep, b384, lr 2.5e-2" epochs=1 batch_size=384 lr=0.025 \
+    --try "1 ep, b384, lr 1.5e-2" epochs=1 batch_size=384 lr=0.015 \
+    --try "1 ep, b512, lr 2e-2" epochs=1 batch_size=512 lr=0.02 \
+    --try "1 ep, b512, lr 3e-2" epochs=1 batch_size=512 lr=0.03 \
+    --try "1 ep, b448, lr 2.5e-2" epochs=1 batch_size=448 lr=0.025 \
+    --try "1 ep, b320, lr 2e-2" epochs=1 batch_size=320 lr=0.02 \
+    --try "1 ep, b256, lr 2e-2" epochs=1 batch_size=256 lr=0.02 \
+    --try "2 ep, b512, lr 1e-2 (recipe before)" epochs=2 batch_size=512 lr=0.01 \
+    2>&1 | tee "$1/fast_variants.log" | tail -13
+  sets=$("$PY" - "$1/fast_variants.json" <<'PY'
+import json, sys
+every = json.load(open(sys.argv[1]))["rows"]
+rows = [r for r in every if r["seconds_mean"] <= 0.145] or [min(every, key=lambda r: r["seconds_mean"])]
+best = max(rows, key=lambda r: (r["val_accuracy_mean"], -r["seconds_mean"]))
+keys = ("epochs", "batch_size", "lr", "cudnn_benchmark")
+print(" ".join(f"--set {k}={json.dumps(best['recipe'][k])}" for k in keys))
+PY
+)
+  echo "fast chosen: $sets" | tee "$1/fast_chosen.txt"
+  for i in 1 2; do
+    { time "$PY" -m $TRAIN --model fast $sets --out "/tmp/fast$i" --run-dir "runs/fast$i"; } \
+      >"$1/fast_cmd$i.log" 2>&1
+  done
+  flip=$(echo "$sets" | sed 's/benchmark=true/X/; s/benchmark=false/benchmark=true/; s/X/benchmark=false/')
+  { time "$PY" -m $TRAIN --model fast $flip --out /tmp/fast3 --run-dir runs/fast3; } \
+    >"$1/fast_cmd_flip.log" 2>&1
+  tail -10 "$1/fast_cmd2.log"
+}
+
+step_train_cnn() {
+  local s
+  for s in 0 1 2; do
+    # shellcheck disable=SC2086  # CNN_SET is a list of flags
+    { time "$PY" -m $TRAIN --model cnn ${CNN_SET:-} --seed "$s" --name "cnn_s$s" --out cands \
+        --run-dir "runs/cnn_s$s"; } >"$1/cnn_s$s.log" 2>&1
+    grep -E "^(test accuracy|val accuracy|training loop |command wall)" "$1/cnn_s$s.log"
+    rm -f "runs/cnn_s$s/last.ckpt"
+  done
+  tar czf "$1/cnn.tgz" cands/cnn_s* runs/cnn_s*
+}
+
+step_train_cands() {  # four at a time: the GPU time-slices them, so their loop times are not solo
+  local e='{"elastic_px":1.0}' combo
+  combo=(--set ema=0.999 --set stroke=0.5 --set "affine=$e")
+  cand "$1" ema --set ema=0.999 & cand "$1" stroke --set stroke=0.5 &
+  cand "$1" elastic --set "affine=$e" & cand "$1" ls --set label_smoothing=0.1 & wait
+  cand "$1" w48 --width 48 & cand "$1" e80 --epochs 80 &
+  cand "$1" scale --set 'affine={"scale":[0.85,1.15]}' & cand "$1" combo "${combo[@]}" & wait
+  cand "$1" combo_s1 --seed 1 "${combo[@]}" & cand "$1" base_s1 --seed 1 &
+  cand "$1" combo_e80 --epochs 80 "${combo[@]}" &
+  cand "$1" combo_ls --set label_smoothing=0.1 "${combo[@]}" & wait
+  tar czf "$1/cands.tgz" cands
+}
+
+cand() {  # out dir, name, then extra flags
+  local dir=$1 name=$2
+  shift 2
+  "$PY" -m $TRAIN --model cnn --no-plots --out cands --name "$name" --run-dir "runs/$name" "$@" \
+    >"$dir/cnn_$name.log" 2>&1
+  grep -E "^(val accuracy|test accuracy)" "$dir/cnn_$name.log" | sed "s/^/$name: /"
+}
+
+step_resume() {
+  local b args=(--model cnn --epochs 8 --set stroke=0.5 --no-plots)
+  for b in true false; do
+    { time "$PY" -m $TRAIN "${args[@]}" --set cudnn_benchmark=$b --out "/tmp/full$b" \
+        --run-dir "runs/full$b"; } >"$1/resume_full_bench$b.log" 2>&1
+  done
+  "$PY" -c "
+import sys
+from training import checkpoint, run
+save = checkpoint.save_checkpoint
+def save_then_die(path, **state):
+    save(path, **state)
+    if state['epoch'] == 4:
+        sys.exit(17)
+checkpoint.save_checkpoint = save_then_die
+sys.exit(run.main(sys.argv[1:]))
+" --no-progress --no-download "${args[@]}" --out /tmp/part --run-dir runs/part \
+    >"$1/resume_killed.log" 2>&1
+  echo "killed run exit: $? (17: stopped after epoch 4's checkpoint)" >>"$1/resume_killed.log"
+  "$PY" -m $TRAIN "${args[@]}" --out /tmp/part --run-dir runs/part \
+    --resume runs/part/last.ckpt >"$1/resume_resumed.log" 2>&1
+  "$PY" - /tmp/fulltrue/cnn.json /tmp/fullfalse/cnn.json /tmp/part/cnn.json <<'PY' \
+    | tee "$1/resume_compare.txt"
+import json, sys
+straight, other, resumed = (json.load(open(p)) for p in sys.argv[1:])
+print("| epoch | train loss: straight | straight, autotuner off | resumed after 4 |")
+print("|---|---|---|---|")
+for a, b, c in zip(straight["history"], other["history"], resumed["history"], strict=True):
+    print(f"| {a['epoch']} | {a['train_loss']:.5f} | {b['train_loss']:.5f} | {c['train_loss']:.5f} |")
+print("test:", *(f"{m['test']['accuracy']:.4f}" for m in (straight, other, resumed)))
+PY
+  grep -E "capture failed|CUDA graph|training loop " "$1/resume_resumed.log"
 }
 
 step_ddp() {  # DDP does not run the CUDA-graph step: both sides eager, then graphed for scale

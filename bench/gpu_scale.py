@@ -9,7 +9,8 @@ first MNIST test digit, and a 448x448 RGBA canvas export of the same digit (thic
 strokes on a transparent background, as the web page's canvas sends it), each as a multipart
 upload to /predict, at each connection count. One table: req/s, p50, p99, errors, and the
 speed-up over one worker. Bounded by --budget seconds: worker counts that no longer fit are
-left out and said so.
+left out and said so. On the GPU machine: `bash bench/gpu.sh scale` (results under
+$OUT/scale/, to file in bench/results/serving/).
 """
 
 from __future__ import annotations

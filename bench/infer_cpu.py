@@ -10,7 +10,7 @@ torch.compile. Each is checked for accuracy on the whole MNIST
 test set first, and timed as the median of interleaved repeats (so background load hits every
 variant alike), in images/s.
 
-Produces: bench/RESULTS.md, "Model-only inference on the CPU" (README, Throughput: int8).
+Produces: bench/RESULTS.md, "Model-only inference on the CPU" (docs/performance.md: int8).
 Results: bench/results/inference/.
 """
 

@@ -1,7 +1,7 @@
 """Serving benchmark: the real service under wrk, dynamic batching off and on, side by side.
 
     python bench/serve_bench.py                      # 2 workers, 5 s per step, CPU
-    python bench/serve_bench.py --duration 10 --out bench/results/serve-cpu.md
+    python bench/serve_bench.py --duration 10 --out bench/results/serving/serve-cpu.md
 
 For each mode (batching off, then on) it starts `python -m service` on 127.0.0.1, warms it up,
 and drives it with wrk (one wrk thread, so the load generator takes little of the cores it
@@ -10,7 +10,8 @@ measures) for a bounded time per step: PNG upload to /predict, JSON pixels to /p
 /v2/models/<name>/infer with the binary tensor extension, at 1, 8 and 64 connections. It prints
 one table with requests/s, images/s, p50/p90/p99 latency and errors, and the on/off ratio, and
 writes it with the machine (CPU and its int8-relevant extensions), date and commit to a
-markdown file.
+markdown file. Produces: bench/RESULTS.md, "Serving" (README: the 2-core and GPU-host figures);
+on the GPU machine `bash bench/gpu.sh serve` (and `graphs`). Results: bench/results/serving/.
 """
 
 from __future__ import annotations
@@ -161,7 +162,7 @@ def start_service(
         "MNIST_BATCHING": str(batching).lower(),
         "MNIST_DEVICE": device,
         "MNIST_LOG_LEVEL": "warning",
-        "MNIST_MAX_BATCH_SIZE": "256",
+        "MNIST_MAX_REQUEST_IMAGES": "256",
         "MNIST_MODELS": ",".join(models),
         "MNIST_MODEL": models[0],
     }
@@ -273,7 +274,9 @@ def main() -> None:
     parser.add_argument(
         "--data-dir", default=os.environ.get("MNIST_DATA_DIR", "../shared/datasets/mnist")
     )
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "serve-cpu.md")
+    parser.add_argument(
+        "--out", type=Path, default=REPO / "bench" / "results" / "serving" / "serve-cpu.md"
+    )
     args = parser.parse_args()
     digits, _ = load_split(Path(args.data_dir), "test")
     chosen = [s for s in scenarios(digits) if args.only.lower() in s.name.lower()]
@@ -322,7 +325,7 @@ def main() -> None:
         f"{args.duration} s per step",
         "- latency: as wrk prints it, corrected for coordinated omission (a stalled request is "
         "counted again at every interval it blocked its connection): above the per-request "
-        "figures whenever there are stalls (bench/results/gpu-2026-12-02/README.md)",
+        "figures whenever there are stalls (bench/results/serving/gpu-tail-2026-12-02/README.md)",
         "",
         "| model | endpoint | conns | batching | req/s | images/s | p50 ms | p90 ms | p99 ms "
         "| errors | on/off |",

@@ -23,7 +23,7 @@ so that oversized bodies are cheap to send), then runs these phases and checks e
 
 The server's own access log is read too: a 5xx it logged for a client that had gone (nobody
 saw the answer) still counts as a failure. Prints a report (markdown with --out); exit 1 if a
-check failed. Produces: README, Security (the soak run). Results: bench/results/soak/.
+check failed. Produces: docs/security.md (the soak run). Results: bench/results/soak/.
 """
 
 from __future__ import annotations

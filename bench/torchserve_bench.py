@@ -16,7 +16,8 @@ server in turn (order reversed every other round) with wrk -t1: the 28x28 PNG of
 MNIST test digit, raw to TorchServe's /predictions/mnist (its usual client form), as a multipart
 upload to the service's /predict (its API), at 64 connections and at 1. The table gives the
 median over rounds and the ratio to TorchServe; the per-round rows and the load average of the
-machine (shared with other work) go to the results file as well.
+machine (shared with other work) go to the results file as well. Produces: bench/RESULTS.md,
+"Against tuned TorchServe 0.12" (README: the TorchServe row). Results: bench/results/serving/.
 """
 
 from __future__ import annotations

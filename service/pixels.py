@@ -215,7 +215,10 @@ def to_model_input(images: np.ndarray) -> torch.Tensor:
     if arr.ndim != 3 or arr.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
         raise InputError(f"expected images of shape (N, 28, 28), got {arr.shape}")
     if arr.dtype == np.uint8:
-        tensor = torch.from_numpy(np.ascontiguousarray(arr))  # normalize() scales uint8 itself
+        # normalize() scales uint8 itself. from_numpy shares the memory, and warns on a
+        # read-only buffer (a v2 binary body): that one is copied (N x 784 bytes).
+        arr = np.ascontiguousarray(arr) if arr.flags.writeable else arr.copy()
+        tensor = torch.from_numpy(arr)
     else:
         tensor = torch.from_numpy(arr.astype(np.float32) / np.float32(255.0))
     return normalize(tensor).unsqueeze(1).float()

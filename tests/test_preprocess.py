@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -665,3 +666,13 @@ def test_accuracy_on_realistic_uploads(mnist_test: tuple[np.ndarray, np.ndarray]
         predicted = model(to_model_input(batch)).argmax(1).numpy()
     accuracy = float((predicted == labels).mean())
     assert accuracy >= 0.97, f"accuracy on realistic uploads {accuracy:.3f} < 0.97"
+
+
+def test_read_only_uint8_input_becomes_a_tensor_without_a_warning() -> None:
+    """A v2 binary body arrives as a read-only buffer; torch warns when it would share it."""
+    body = np.arange(2 * 28 * 28, dtype=np.uint32).astype(np.uint8).tobytes()
+    images = np.frombuffer(body, dtype=np.uint8).reshape(2, 28, 28)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tensor = to_model_input(images)
+    assert torch.equal(tensor, to_model_input(images.copy()))

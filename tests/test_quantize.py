@@ -77,6 +77,7 @@ def test_quantize_calibrates_on_real_images(mnist_dir: Path, mnist_test) -> None
     assert accuracy >= 0.99
 
 
+@pytest.mark.slow  # 24 s: a real calibration run of the CLI
 def test_cli_writes_int8_weights_the_service_loads(weights_copy: Path, mnist_dir: Path) -> None:
     shutil.rmtree(weights_copy / "int8")
     args = ["--model", "cnn", "--weights-dir", str(weights_copy), "--data-dir", str(mnist_dir)]

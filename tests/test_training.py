@@ -162,11 +162,11 @@ def test_a_failing_rank_stops_the_whole_run(tmp_path: Path, mnist_dir: Path):
     wrapper = tmp_path / "failing_rank.py"
     wrapper.write_text(
         "import os, sys\n"
-        "from training import run\n"
+        "from training import engine, run\n"
         "if os.environ['RANK'] == '1':\n"
         "    def broken(*args, **kwargs):\n"
         "        raise RuntimeError('rank 1 lost its data')\n"
-        "    run.EagerTrainer.run_epoch = broken\n"
+        "    engine.EagerTrainer.run_epoch = broken\n"
         "sys.exit(run.main(sys.argv[1:]))\n"
     )
     cmd = [

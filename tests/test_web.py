@@ -4,7 +4,7 @@ The browser tests start a real `python -m service` process, open the page in Deb
 Chromium driven by Playwright, draw digits with real pointer events (hand-designed strokes,
 and strokes traced from real MNIST test digits), upload PNGs through the file picker, and
 check the prediction, the error messages and the phone layout. A missing Chromium or
-Playwright fails them loudly: CI installs both (see README, "Web page").
+Playwright fails them loudly: CI installs both (see docs/api.md, "Web page").
 """
 
 from __future__ import annotations

@@ -9,6 +9,10 @@ Clothing (Fashion-MNIST): a left shoe mirrored is a right shoe, so horizontal fl
 label-preserving there, and random erasing (a blanked rectangle) fights the net's reliance on
 one local cue (a collar, a sleeve) between the look-alike classes shirt / T-shirt / pullover /
 coat. Which recipe uses what is in recipes.py.
+
+Two more for digits, both aimed at what real uploads do that MNIST does not: `RandomStroke`
+(pens and brushes thicker or thinner than MNIST's) and the elastic part of `RandomAffine`
+(smooth local warps of the strokes, as in Simard et al. 2003).
 """
 
 from __future__ import annotations
@@ -28,6 +32,10 @@ class RandomAffine:
     shear_degrees: float = 5.0
     translate_px: float = 2.0
     size: int = 28
+    # Elastic warp: a random displacement field smoothed by a Gaussian of elastic_sigma px,
+    # scaled to a standard deviation of elastic_px px per pixel (0 = off).
+    elastic_px: float = 0.0
+    elastic_sigma: float = 4.0
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x: (N, 1, H, W) float in [0, 1] with 0 = background (so zero padding is background)."""
@@ -51,7 +59,45 @@ class RandomAffine:
             dim=1,
         )  # (N, 2, 3)
         grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+        if self.elastic_px:
+            grid = grid + self._displacement(x).permute(0, 2, 3, 1)
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+    def _displacement(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 2, H, W) smooth random offsets in affine_grid units (1 px = 2 / size)."""
+        n, _, h, w = x.shape
+        radius = math.ceil(2 * self.elastic_sigma)
+        taps = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+        kernel = torch.exp(-0.5 * (taps / self.elastic_sigma) ** 2)
+        kernel = kernel / kernel.sum()
+        noise = torch.randn(n * 2, 1, h, w, device=x.device, dtype=x.dtype)
+        noise = F.conv2d(noise, kernel.view(1, 1, 1, -1), padding=(0, radius))
+        noise = F.conv2d(noise, kernel.view(1, 1, -1, 1), padding=(radius, 0))
+        # White noise through a normalised 2-D Gaussian has std 1 / (2 sqrt(pi) sigma).
+        gain = self.elastic_px * 2 * math.sqrt(math.pi) * self.elastic_sigma * 2 / self.size
+        return (noise * gain).view(n, 2, h, w)
+
+
+@dataclass(frozen=True)
+class RandomStroke:
+    """With probability p, thicken or thin each image's strokes by a random amount.
+
+    Thickening blends towards a 3x3 max filter (grey dilation), thinning towards a 3x3 min
+    filter (erosion), by a uniform amount up to `strength` (1 = the whole filter: about one
+    pixel more or less on each side of the stroke).
+    """
+
+    p: float = 0.5
+    strength: float = 1.0
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        amount = torch.empty(n, 1, 1, 1, device=x.device).uniform_(-self.strength, self.strength)
+        amount = amount * (torch.rand(n, 1, 1, 1, device=x.device) < self.p)
+        dilated = F.max_pool2d(x, 3, stride=1, padding=1)
+        eroded = -F.max_pool2d(-x, 3, stride=1, padding=1)
+        target = torch.where(amount > 0, dilated, eroded)
+        return x + amount.abs().to(x.dtype) * (target - x)
 
 
 @dataclass(frozen=True)

@@ -363,7 +363,8 @@ class TensorLoader:
         """Same permutation on every rank for a given epoch (as DistributedSampler does)."""
         self.epoch = epoch
 
-    def _indices(self) -> torch.Tensor:
+    def epoch_order(self) -> torch.Tensor:
+        """This rank's sample indices for the current epoch, on the device."""
         n = len(self.labels)
         if self.shuffle:
             gen = torch.Generator(device=self.device)
@@ -377,18 +378,24 @@ class TensorLoader:
             order = order[self.rank :: self.world_size][:per_rank]
         return order
 
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model input and labels for these sample indices: gather, augment, normalise.
+
+        Only tensor operations with fixed shapes, so the CUDA-graph step captures it too.
+        """
+        x = self.images.index_select(0, idx)
+        if self.augment is not None:
+            x = self.augment(x)
+        x = normalize(x)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, self.labels.index_select(0, idx)
+
     def __len__(self) -> int:
         n = len(self.labels) // self.world_size
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = self._indices()
+        order = self.epoch_order()
         for i in range(len(self)):
-            idx = order[i * self.batch_size : (i + 1) * self.batch_size]
-            x = self.images[idx]
-            if self.augment is not None:
-                x = self.augment(x)
-            x = normalize(x)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            yield x, self.labels[idx]
+            yield self.batch(order[i * self.batch_size : (i + 1) * self.batch_size])

@@ -1,25 +1,33 @@
 """A speed trick for CUDA: the whole training step captured once as a CUDA graph and replayed.
 
 Why: these models are small, so an eager step on a GPU is bound by the CPU launching ~150 tiny
-kernels (forward, backward, optimizer, metrics), not by the GPU doing the work. Measured on an
-H100: ~5.8 ms per step eager at batch 128 for the default CNN. A replayed graph launches them all
-at once. The step is exactly the one in `engine.train_one_epoch` (zero_grad, forward, loss,
-backward, optimizer step, one-cycle learning rate) with three differences that graphs require:
-the batch is copied into fixed input tensors, the learning rate is a device tensor read from a
-precomputed schedule inside the graph, and running totals are kept inside the graph.
+kernels (batch gather, augmentation, forward, backward, optimizer, metrics), not by the GPU
+doing the work (measured eager against graphed: bench/RESULTS.md). A replayed graph launches
+them all at once, and the host only calls replay() once per step.
 
-Used only on CUDA and on one process; everywhere else the plain loop runs.
+The step is the one in `engine.train_one_epoch`, plus the batch itself, with the differences
+that graphs require:
+- the epoch's shuffled order is copied into a fixed device tensor, and the graph picks its
+  batch with a step counter that lives on the device (`TensorLoader.batch` does the gather,
+  the augmentation and the normalisation inside the graph);
+- the learning rate is a device tensor read from the precomputed one-cycle schedule;
+- the running loss and accuracy are kept inside the graph;
+- random numbers (augmentation, dropout) come from the graph-safe CUDA generator: seeding it
+  at the start of an epoch makes the replays reproducible, so a resumed run repeats them.
+
+Used only on CUDA and on one process; everywhere else engine.EagerTrainer runs.
 """
 
 from __future__ import annotations
-
-from collections.abc import Iterable
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from training.engine import EpochMetrics, autocast
+from training.data import TensorLoader
+from training.ema import EMA
+from training.engine import EpochMetrics, autocast, parameter_groups
+from training.recipes import Recipe
 
 
 def one_cycle_schedule(peak: float, total_steps: int, warmup_fraction: float) -> list[float]:
@@ -41,50 +49,91 @@ def one_cycle_schedule(peak: float, total_steps: int, warmup_fraction: float) ->
 
 
 def capturable_adamw(param_groups: list[dict], device: torch.device) -> torch.optim.AdamW:
-    """AdamW whose step can be captured: its state and learning rate live on the device."""
+    """AdamW whose step can be captured: its state and learning rate live on the device.
+
+    fused: one multi-tensor kernel per parameter group for the whole update, where foreach
+    takes a dozen (the eager step's profile: bench/RESULTS.md).
+    """
     return torch.optim.AdamW(
-        param_groups, lr=torch.tensor(0.0, device=device), capturable=True, foreach=True
+        param_groups, lr=torch.tensor(0.0, device=device), capturable=True, fused=True
     )
 
 
-class GraphedTrainStep:
-    """Capture once, then `run_epoch` replays the graph for every batch."""
+class CUDAGraphTrainer:
+    """Capture once in `prepare`, then `run_epoch` replays the graph once per batch."""
 
     def __init__(
         self,
         model: nn.Module,
-        optimizer: torch.optim.Optimizer,
+        recipe: Recipe,
+        steps_per_epoch: int,
+        device: torch.device,
         loss_fn: nn.Module,
-        rates: list[float],
-        example: tuple[torch.Tensor, torch.Tensor],
-        amp: bool,
+        ema: EMA | None = None,
     ) -> None:
-        self.model, self.optimizer, self.loss_fn, self.amp = model, optimizer, loss_fn, amp
-        device = example[0].device
-        self.rates = torch.tensor(rates, device=device)
-        self.step = torch.zeros(1, dtype=torch.long, device=device)
-        self.x, self.y = example[0].clone(), example[1].clone()
+        self.model, self.loss_fn, self.amp, self.ema = model, loss_fn, recipe.amp, ema
+        self.optimizer = capturable_adamw(parameter_groups(model, recipe.weight_decay), device)
+        total = recipe.epochs * steps_per_epoch
+        self.rates = torch.tensor(
+            one_cycle_schedule(recipe.lr, total, recipe.warmup_fraction), device=device
+        )
+        self.step = torch.zeros(1, dtype=torch.long, device=device)  # steps taken in the run
+        self.batch_index = torch.zeros(1, dtype=torch.long, device=device)  # ... in the epoch
         self.loss_sum = torch.zeros((), device=device)
         self.correct = torch.zeros((), device=device)
+        self.order: torch.Tensor | None = None  # (steps, batch) sample indices of the epoch
+        self.loader: TensorLoader | None = None
         self.graph: torch.cuda.CUDAGraph | None = None
+        self._pending: dict | None = None
+
+    def _step(self) -> None:
+        x, y = self.loader.batch(self.order.index_select(0, self.batch_index).squeeze(0))
+        lr = self.rates.index_select(0, self.step).squeeze(0)
+        for group in self.optimizer.param_groups:
+            group["lr"].copy_(lr)
+        with autocast(x.device, self.amp):
+            logits = self.model(x)
+            loss = self.loss_fn(logits, y)
+        loss.backward()
+        self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update()
+        self.step += 1
+        self.batch_index += 1
+        self.loss_sum += loss.detach() * len(y)
+        self.correct += (logits.argmax(dim=1) == y).sum()
+
+    def _load_order(self, loader: TensorLoader) -> None:
+        steps, size = len(loader), loader.batch_size
+        self.order.copy_(loader.epoch_order()[: steps * size].view(steps, size))
+        self.batch_index.zero_()
+
+    def load_optimizer(self, state: dict) -> None:
+        """A resumed optimizer state. torch keeps a param group's values as they were saved,
+        and a checkpoint is loaded onto the CPU, so each group's learning rate would come
+        back as a CPU tensor, which the graph cannot write: capture failed after every
+        resume, and the run went on eagerly at a sixth of the speed (bench/RESULTS.md)."""
+        self.optimizer.load_state_dict(state)
+        device = self.rates.device
+        for group in self.optimizer.param_groups:
+            group["lr"] = torch.as_tensor(group["lr"], dtype=torch.float32).to(device)
+
+    def prepare(self, loader: TensorLoader) -> None:
+        """Capture after any resumed optimizer state is loaded, so the graph uses its tensors."""
+        if not loader.drop_last:
+            raise ValueError("a captured step needs batches of one size: drop_last=True")
+        self.loader = loader
+        self.order = torch.zeros(
+            len(loader), loader.batch_size, dtype=torch.long, device=self.rates.device
+        )
+        self._load_order(loader)
         try:
             self._capture()
         except RuntimeError as exc:  # an op that cannot be captured: run the same step eagerly
             print(f"warning: CUDA graph capture failed, training eagerly ({exc})")
             self.graph = None
-
-    def _step(self) -> None:
-        lr = self.rates.index_select(0, self.step).squeeze(0)
-        for group in self.optimizer.param_groups:
-            group["lr"].copy_(lr)
-        with autocast(self.x.device, self.amp):
-            logits = self.model(self.x)
-            loss = self.loss_fn(logits, self.y)
-        loss.backward()
-        self.optimizer.step()
-        self.step += 1
-        self.loss_sum += loss.detach() * len(self.y)
-        self.correct += (logits.argmax(dim=1) == self.y).sum()
+        if self._pending:
+            self.step.fill_(self._pending["step"])
 
     def _capture(self) -> None:
         self.model.train()
@@ -95,6 +144,8 @@ class GraphedTrainStep:
             for t in state.values()
             if torch.is_tensor(t)
         }
+        if self.ema is not None:
+            model_state.update({f"ema.{k}": v.clone() for k, v in self.ema.state_dict().items()})
         # Warm up on a side stream before capture, as CUDA graphs require (this also lets
         # cuDNN pick its algorithms and the optimizer create its state).
         side = torch.cuda.Stream()
@@ -116,11 +167,14 @@ class GraphedTrainStep:
             self._restore(model_state, optim_state)
 
     def _restore(self, model_state: dict, optim_state: dict) -> None:
-        # The warm-up trained on one batch: undo it in place, so the tensors the graph reads
-        # and writes stay where they are.
+        # The warm-up trained on a few batches: undo it in place, so the tensors the graph
+        # reads and writes stay where they are.
         with torch.no_grad():
             for key, value in self.model.state_dict().items():
                 value.copy_(model_state[key])
+            if self.ema is not None:
+                for key, value in self.ema.state_dict().items():
+                    value.copy_(model_state[f"ema.{key}"])
             for state in self.optimizer.state.values():
                 for t in state.values():
                     if not torch.is_tensor(t):
@@ -130,32 +184,29 @@ class GraphedTrainStep:
                     else:
                         t.zero_()
         self.step.zero_()
+        self.batch_index.zero_()
 
-    def state_dict(self) -> dict:
-        return {"step": int(self.step.item())}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.step.fill_(state["step"])
-
-    def run_epoch(
-        self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], progress: tqdm | None = None
-    ) -> EpochMetrics:
+    def run_epoch(self, loader: TensorLoader, progress: tqdm | None = None) -> EpochMetrics:
         self.model.train()
+        self._load_order(loader)
         self.loss_sum.zero_()
         self.correct.zero_()
-        seen = 0
-        for images, labels in batches:
-            self.x.copy_(images)
-            self.y.copy_(labels)
+        for _ in range(len(loader)):
             if self.graph is not None:
                 self.graph.replay()
             else:
                 self.optimizer.zero_grad(set_to_none=True)
                 self._step()
-            seen += len(labels)
             if progress is not None:
                 progress.update(1)
+        seen = len(loader) * loader.batch_size
         return EpochMetrics(self.loss_sum.item() / seen, self.correct.item() / seen, seen)
+
+    def state_dict(self) -> dict:
+        return {"step": int(self.step.item())}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._pending = state
 
     @property
     def last_lr(self) -> float:

@@ -60,15 +60,22 @@ def confusion(matrix: list[list[int]], path: Path, labels: list[str] | None = No
 
 
 def image_grid(images: np.ndarray, titles: list[str], path: Path, title: str) -> None:
-    cols = 8
+    """Images in rows of 8, each with its caption above: one mosaic in one axes, which draws
+    several times faster than one axes per image."""
+    cols, pad, cell = 8, 4, 28
     rows = max(1, -(-len(images) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.2, rows * 1.4))
-    for ax in np.ravel(axes):
-        ax.axis("off")
-    for ax, image, label in zip(np.ravel(axes), images, titles, strict=False):
-        ax.imshow(image, cmap="gray")
-        ax.set_title(label, fontsize=8)
-    fig.suptitle(title)
+    lines = max((t.count("\n") + 1 for t in titles), default=1)
+    top = 9 * lines  # caption space in mosaic pixels
+    step_y, step_x = cell + pad + top, cell + pad
+    mosaic = np.full((rows * step_y, cols * step_x), 255, dtype=np.uint8)
+    fig, ax = plt.subplots(figsize=(cols * 1.2, rows * (1.2 + 0.2 * lines) + 0.4))
+    for k, (image, label) in enumerate(zip(images, titles, strict=False)):
+        y, x = (k // cols) * step_y + top, (k % cols) * step_x
+        mosaic[y : y + cell, x : x + cell] = image
+        ax.text(x + cell / 2, y - 1, label, ha="center", va="bottom", fontsize=8)
+    ax.imshow(mosaic, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    ax.axis("off")
+    ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
