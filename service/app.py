@@ -17,6 +17,7 @@ from service import drain, errors, routes, telemetry, threads, v2, web
 from service.batcher import MicroBatcher
 from service.config import Settings, get_settings
 from service.deps import Registry
+from service.fastroute import HotPath
 from service.predictor import load_all
 from service.security import AccessControl
 from training.checkpoint import WeightsError
@@ -56,6 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 settings.device,
                 settings.int8,
                 settings.batch_max_images if settings.cuda_graphs else 0,
+                settings.batch_max_images if settings.batching else 1,
             )
         except (WeightsError, ValueError) as exc:
             log.error("cannot start: %s", exc)
@@ -112,8 +114,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(routes.router)
     v2.install(app)
     web.install(app)
-    # Middleware, innermost first: body limit, access control, telemetry (sees every answer,
-    # 401/429/413 included), CORS (so preflight requests need no key), drain, proxy headers.
+    # Middleware, innermost first: the predict endpoints' direct call (service/fastroute.py),
+    # body limit, access control, telemetry (sees every answer, 401/429/413 included), CORS (so
+    # preflight requests need no key), drain, proxy headers.
+    app.add_middleware(HotPath, router=routes.router)
     app.add_middleware(errors.BodySizeLimit, max_bytes=settings.max_request_bytes)
     app.add_middleware(AccessControl, settings=settings)
     telemetry.install(app)

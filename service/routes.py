@@ -21,6 +21,7 @@ from service.deps import ModelName, Registry, RegistryDep
 from service.errors import InputError
 from service.fashion_upload import check_pixel_request, fashion_upload
 from service.fastroute import LeanRoute
+from service.formparts import SMALL_BODY_BYTES, FilePart, split_files
 from service.pixels import (
     check_has_ink,
     ndarray_batch_to_array,
@@ -138,7 +139,40 @@ async def _json_body(request: Request, model: type[M]) -> M:
 
 
 async def _uploads(request: Request, field: str, settings: Settings) -> list[bytes]:
-    form = await request.form(max_files=settings.max_request_images + 1, max_fields=100)
+    """The files sent in `field`, in order: small plain bodies split by service/formparts.py,
+    any other through Starlette's parser (same limits, same answers)."""
+    max_files = settings.max_request_images + 1
+    parts = await _small_form(request, max_files)
+    if parts is None:
+        return await _form_uploads(request, field, settings, max_files)
+    items = [part for part in parts if part.field == field]
+    if not items:
+        raise InputError(f"missing form field {field!r}: send the image file in it")
+    for item in items:
+        _check_file_size(item.filename, len(item.data), settings)
+    return [item.data for item in items]
+
+
+async def _small_form(request: Request, max_files: int) -> list[FilePart] | None:
+    declared = request.headers.get("content-length", "")
+    if not declared.isdigit() or int(declared) > SMALL_BODY_BYTES:
+        return None  # large or chunked: Starlette's parser streams it to a spooled file
+    content_type = request.headers.get("content-type", "")
+    return split_files(await request.body(), content_type, max_files)
+
+
+def _check_file_size(filename: str | None, size: int, settings: Settings) -> None:
+    if size > settings.max_upload_bytes:
+        raise InputError(
+            f"file {filename!r} exceeds the limit of {settings.max_upload_bytes} bytes",
+            status_code=413,
+        )
+
+
+async def _form_uploads(
+    request: Request, field: str, settings: Settings, max_files: int
+) -> list[bytes]:
+    form = await request.form(max_files=max_files, max_fields=100)
     try:
         items = form.getlist(field)
         if not items:
@@ -148,12 +182,7 @@ async def _uploads(request: Request, field: str, settings: Settings) -> list[byt
         data = []
         for item in items:
             content = await item.read(settings.max_upload_bytes + 1)
-            if len(content) > settings.max_upload_bytes:
-                raise InputError(
-                    f"file {item.filename!r} exceeds the limit of {settings.max_upload_bytes} "
-                    "bytes",
-                    status_code=413,
-                )
+            _check_file_size(item.filename, len(content), settings)
             data.append(content)
         return data
     finally:

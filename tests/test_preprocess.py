@@ -244,6 +244,21 @@ def test_mnist_form_images_are_used_as_sent(mnist_test: tuple[np.ndarray, ...]) 
         assert similarity(out, im) > 0.9
 
 
+def test_step_0_says_the_same_for_uint8_and_float_pixels(mnist_test: tuple) -> None:
+    # uint8 images (every decoded upload) take an OpenCV version of the rule, pixel arrays of
+    # other types the numpy one: the same answer for the test set, shifted and faded copies.
+    images = mnist_test[0]
+    variants = [images, np.roll(images, 1, axis=2), np.roll(images, -1, axis=1), images // 2]
+    taken = 0
+    for variant in variants:
+        for image in variant:
+            fast = as_mnist_digit(image)
+            general = as_mnist_digit(image.astype(np.float64))
+            assert (fast is None) == (general is None)
+            taken += fast is not None
+    assert taken >= 9_000  # most test digits (and some shifted ones) are in MNIST form
+
+
 @pytest.mark.parametrize(
     "change",
     [

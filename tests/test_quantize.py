@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 import torch
 
+from service.pixels import to_model_input
 from service.predictor import Predictor
 from tests.conftest import WEIGHTS_DIR
 from training.checkpoint import WeightsError, load_weights, save_weights
 from training.models import normalize
-from training.quantize import int8_path, main, quantize
+from training.quantize import int8_path, load_int8, main, quantize
 
 CPU = torch.device("cpu")
 
@@ -45,6 +46,22 @@ def test_shipped_int8_weights_load_and_agree_with_float(name: str, mnist_test) -
     assert agreement(int8, float32, images) >= 0.995
     meta = json.loads(int8_path(WEIGHTS_DIR / f"{name}.pt").with_suffix(".json").read_text())
     assert meta["test"]["float32_accuracy"] - meta["test"]["int8_accuracy"] <= 0.001
+
+
+@pytest.mark.parametrize("name", ["cnn", "mlp"])
+def test_served_int8_model_is_frozen_and_gives_the_graphs_outputs(name: str, mnist_test) -> None:
+    # The service runs the int8 graph traced and frozen (less Python per pass); the answers
+    # must be the FX graph's, bit for bit, at every pass size the batcher forms and beyond.
+    weights = WEIGHTS_DIR / f"{name}.pt"
+    served = Predictor.load(weights, CPU, int8=True, warm_max_images=4)
+    assert isinstance(served.model, torch.jit.ScriptModule)
+    float_model, meta = load_weights(weights)
+    graph = load_int8(weights, float_model, meta)
+    images = mnist_test[0][:300]
+    with torch.inference_mode():
+        for start, size in ((0, 1), (1, 3), (4, 16), (20, 64), (84, 200)):
+            x = served._model_input(to_model_input(images[start : start + size]))
+            assert torch.equal(served.model(x), graph(x)), (start, size)
 
 
 def test_quantize_calibrates_on_real_images(mnist_dir: Path, mnist_test) -> None:
