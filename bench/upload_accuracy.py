@@ -13,8 +13,13 @@ images per family unless --limit), in families that mimic what users send:
     thin      fine-pen strokes far thinner than MNIST's, dark on light
     stretched binarised (1-bit) and stretched in x or y, as from a thresholding scanner
     chalk     light ink on a dark noisy board (inverse polarity), JPEG
+    tight     cropped to the ink's own box (0-2 px margin), both polarities, 32-128 px, some blurred
+    cutoff    like tight, with 1-3 px of the digit cut off at one edge
+    lowres    10-16 px scans scaled up with nearest-neighbour or bilinear resizing
+    sklearn   scikit-learn's 1,797 8x8 digits (other writers, 16 grey levels) scaled up
+    phone     a 12-megapixel phone JPEG of a digit on paper (20 images: the decode dominates)
 
-Every image goes through `service.preprocess.preprocess_upload` (bytes in, 28x28 out) and
+Every image goes through `service.upload.preprocess_upload` (bytes in, 28x28 out) and
 through a naive baseline (convert to L, resize to 28x28, no inversion); both feed the same
 model. Prints a markdown table (accuracy per family, preprocessing time per image) and
 writes it to bench/results/uploads/upload_accuracy.md with the command, date and machine.
