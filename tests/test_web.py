@@ -15,12 +15,12 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 from PIL import Image
 
 from service.app import create_app
@@ -51,35 +51,39 @@ PHONE = {"width": 375, "height": 667}
 # ------------------------------------------------------------------ the app, without a browser
 
 
-@pytest.fixture(scope="module")
-def client() -> TestClient:
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
     # No lifespan: the page and static files do not need the models.
-    return TestClient(create_app(Settings(device="cpu")))
+    transport = httpx.ASGITransport(app=create_app(Settings(device="cpu")))
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        yield client
 
 
-def test_page_and_static_files_are_served(client: TestClient) -> None:
-    r = client.get("/")
+@pytest.mark.anyio
+async def test_page_and_static_files_are_served(client: httpx.AsyncClient) -> None:
+    r = await client.get("/")
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/html")
     assert "default-src 'none'" in r.headers["content-security-policy"]
     for needle in ('id="pad"', 'role="img"', 'aria-live="polite"', "/static/app.js"):
         assert needle in r.text
     # Everything the page loads is local: no http(s) URL in any of its files.
-    assert client.get("/favicon.ico").headers["content-type"] == "image/svg+xml"
+    assert (await client.get("/favicon.ico")).headers["content-type"] == "image/svg+xml"
     for name, kind in (("app.js", "javascript"), ("style.css", "text/css")):
-        r = client.get(f"/static/{name}")
+        r = await client.get(f"/static/{name}")
         assert r.status_code == 200 and kind in r.headers["content-type"]
         assert "http://" not in r.text and "https://" not in r.text
 
 
-def test_page_keeps_the_api_json_errors(client: TestClient) -> None:
-    r = client.get("/static/missing.js")
+@pytest.mark.anyio
+async def test_page_keeps_the_api_json_errors(client: httpx.AsyncClient) -> None:
+    r = await client.get("/static/missing.js")
     assert r.status_code == 404 and r.json() == {"error": "Not Found"}
-    r = client.post("/")
+    r = await client.post("/")
     assert r.status_code == 405 and "error" in r.json()
-    r = client.get("/no/such/route")
+    r = await client.get("/no/such/route")
     assert r.status_code == 404 and r.json() == {"error": "Not Found"}
-    assert "/" not in client.get("/openapi.json").json()["paths"]
+    assert "/" not in (await client.get("/openapi.json")).json()["paths"]
 
 
 # ------------------------------------------------------------------ a real server and browser
