@@ -249,13 +249,14 @@ async def _predict(
     batches take this one path. Cheap inputs (a 28x28 image, a pixel array) are prepared right
     here on the event loop: a thread hop costs more than their ~0.1 ms of work. The rest goes to
     the threadpool so that a large photo never stalls other requests."""
+    digits = predictor.dataset == "mnist"
     if cheap:
-        images = _prepare(jobs, batch, whole, predictor.dataset == "mnist")
+        images = _prepare(jobs, batch, whole, digits)
     else:
-        images = await run_in_threadpool(_prepare, jobs, batch, whole, predictor.dataset == "mnist")
+        images = await run_in_threadpool(_prepare, jobs, batch, whole, digits)
     request.state.model, request.state.images = predictor.name, len(images)
     probs = await registry.infer(predictor, images, arrival)
-    names, digits = predictor.class_names, predictor.dataset == "mnist"
+    names = predictor.class_names
     return [
         _prediction(p, predictor.name, names, digits, img if include_image else None)
         for p, img in zip(probs, images, strict=True)
