@@ -480,6 +480,18 @@ async def check_metrics(client: httpx.AsyncClient, mnist_test) -> None:
     assert metric(after, "mnist_device_info", device="cpu") == 1
 
 
+async def test_uvicorn_access_records_are_not_even_built() -> None:
+    import logging
+
+    # The uvicorn CLI sets its access logger to INFO; the service writes its own access line,
+    # and turns uvicorn's off to the point that no record is built for a request at all.
+    uvicorn_access = logging.getLogger("uvicorn.access")
+    uvicorn_access.setLevel(logging.INFO)
+    async with app_client() as c:
+        assert (await c.get("/health/live")).status_code == 200
+        assert not uvicorn_access.isEnabledFor(logging.INFO)
+
+
 async def test_one_structured_log_line_per_request(client: httpx.AsyncClient, caplog) -> None:
     import json
     import logging
