@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -45,12 +45,20 @@ class QueueFull(Exception):
 
 
 class Arrival:
-    """A request of this batcher's model on its way; see `MicroBatcher.arriving`."""
+    """A request of this batcher's model on its way; see `MicroBatcher.arriving`. A context
+    manager of its own: contextlib's generator-based one cost several times as much per
+    request."""
 
-    __slots__ = ("counted",)
+    __slots__ = ("batcher", "counted")
 
-    def __init__(self) -> None:
-        self.counted = True
+    def __init__(self, batcher: MicroBatcher) -> None:
+        self.batcher, self.counted = batcher, True
+
+    def __enter__(self) -> Arrival:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.batcher.arrived(self)
 
 
 @dataclass
@@ -96,17 +104,12 @@ class MicroBatcher:
     def waiting(self) -> int:
         return self._waiting
 
-    @contextlib.contextmanager
-    def arriving(self) -> Iterator[Arrival]:
-        """Held by a request from the moment its model is known until it submits (or fails):
-        while any request is arriving, the collector may wait for it, never longer than
-        max_delay."""
-        arrival = Arrival()
+    def arriving(self) -> Arrival:
+        """Held (`with`) by a request from the moment its model is known until it submits (or
+        fails): while any request is arriving, the collector may wait for it, never longer
+        than max_delay."""
         self._arriving += 1
-        try:
-            yield arrival
-        finally:
-            self.arrived(arrival)
+        return Arrival(self)
 
     def arrived(self, arrival: Arrival | None) -> None:
         """The request has its images (or gave up): stop waiting for it."""
