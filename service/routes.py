@@ -202,6 +202,8 @@ def _prepare(
     """
     if whole is not None and (prepared := whole()) is not None:
         images = prepared
+    elif len(jobs) == 1:  # a single image: np.stack's checks and copy for one array cost more
+        images = _item(jobs[0], 0, batch)[np.newaxis].astype(np.float32, copy=False)
     else:
         images = np.stack([_item(job, index, batch) for index, job in enumerate(jobs)])
         images = images.astype(np.float32, copy=False)
@@ -222,12 +224,13 @@ def _prediction(
     probs: np.ndarray, model: str, names: list[str], digits: bool, image: np.ndarray | None
 ) -> dict:
     index = int(probs.argmax())
+    row = probs.tolist()  # Python floats once: the confidence is one of them
     answer = {"digit": index} if digits else {}  # `digit` only where the classes are digits
     answer.update(
         label=names[index],
         class_index=index,
-        confidence=float(probs[index]),
-        probabilities=probs.tolist(),
+        confidence=row[index],
+        probabilities=row,
         model=model,
         image=None if image is None else np.rint(image).astype(np.uint8).tolist(),
     )

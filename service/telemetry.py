@@ -106,6 +106,15 @@ def child(metric: MetricWrapperBase, *labels: str) -> MetricWrapperBase:
     return metric.labels(*labels)
 
 
+@functools.lru_cache(maxsize=4096)
+def request_children(
+    method: str, endpoint: str, status: int, model: str
+) -> tuple[MetricWrapperBase, MetricWrapperBase]:
+    """The request counter's and the duration histogram's children for one answer's labels,
+    in one cached lookup (bounded as `child`)."""
+    return REQUESTS.labels(method, endpoint, str(status), model), REQUEST_SECONDS.labels(endpoint)
+
+
 def observe_inference(model: str, images: int, seconds: float, digits: list[int]) -> None:
     child(INFERENCE_SECONDS, model).observe(seconds)
     child(BATCH_SIZE, model).observe(images)
@@ -150,8 +159,9 @@ class RequestTelemetry:
         endpoint = getattr(route, "path", None) or "unmatched"
         state = scope.get("state") or {}
         model = state.get("model") or (scope.get("path_params") or {}).get("name") or ""
-        child(REQUESTS, scope["method"], endpoint, str(status), model).inc()
-        child(REQUEST_SECONDS, endpoint).observe(seconds)
+        requests, duration = request_children(scope["method"], endpoint, status, model)
+        requests.inc()
+        duration.observe(seconds)
         if status >= 400:
             count_error(status)
         if access_log.isEnabledFor(logging.INFO):
