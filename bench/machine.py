@@ -31,7 +31,20 @@ def describe_cpu() -> str:
         capability = f"; torch kernels: {torch.backends.cpu.get_cpu_capability()}"
     except ImportError:
         capability = ""
-    return f"{name}, {os.cpu_count()} CPUs; {' '.join(have)}{capability}"
+    cap = f"; {isa_cap()}" if isa_cap() else ""
+    return f"{name}, {os.cpu_count()} CPUs; {' '.join(have)}{capability}{cap}"
+
+
+def isa_cap() -> str:
+    """The oneDNN cap when one is set (ONEDNN_MAX_CPU_ISA, or its older name DNNL_MAX_CPU_ISA),
+    e.g. to emulate a CPU without AMX on one that has it: the flags above are then the CPU's,
+    not what the int8 and float32 kernels used. Empty when no cap is set."""
+    for variable in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        if value := os.environ.get(variable, "").strip():
+            amx = "AMX" in value.upper() or value.upper() in ("ALL", "DEFAULT")
+            withheld = "" if amx else " (AMX withheld)"
+            return f"oneDNN capped with {variable}={value}{withheld}"
+    return ""
 
 
 if __name__ == "__main__":

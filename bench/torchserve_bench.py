@@ -48,7 +48,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.machine import describe_cpu  # noqa: E402
+from bench.machine import describe_cpu, isa_cap  # noqa: E402
 from bench.torchserve.mnist_model import MnistNet  # noqa: E402
 from tests.servers import free_port  # noqa: E402
 from training.data import load_split  # noqa: E402
@@ -397,13 +397,23 @@ def main() -> None:
         ["git", "status", "--porcelain", "--untracked-files=no"],
         cwd=REPO, capture_output=True, text=True,
     ).stdout.strip()  # fmt: skip
-    command = "python bench/torchserve_bench.py " + " ".join(sys.argv[1:])
+    capped = [
+        f"{v}={os.environ[v]}"
+        for v in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+        if v in os.environ
+    ]
+    command = " ".join([*capped, "python bench/torchserve_bench.py", *sys.argv[1:]])
     lines = [
         "# This service vs tuned TorchServe 0.12, same machine, same PNG, same wrk load",
         "",
         f"`{command.strip()}`",
         "",
         f"- machine: {platform.node()}, {describe_cpu()}",
+        *(
+            [f"- {cap}, for every server of this run (the environment of the command)"]
+            if (cap := isa_cap())
+            else []
+        ),
         f"- date: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC; commit {commit}"
         f"{' (with uncommitted changes)' if dirty else ''}",
         f"- wrk -t1 (on the same cores), {args.duration} s per step, {args.rounds} alternating "
