@@ -52,7 +52,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--model",
         choices=sorted(RECIPES),
         default="cnn",
-        help="recipe to train: cnn, mlp, rnn, or fast (the speed recipe, a lean CNN)",
+        help="recipe to train: cnn, mlp, rnn, fast (the speed recipe, a lean CNN), or m5 (a "
+        "stack of 5x5 convolutions, a candidate for the cnn)",
     )
     p.add_argument(
         "--epochs",
