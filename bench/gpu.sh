@@ -14,7 +14,8 @@
 #   train-setup  where start-up goes, finely (bench/train_setup.py: fast, cnn and m5, cuDNN
 #                autotuner on and off) and the import tree (python -X importtime)
 #   train-e2e    `python -m training.run --model fast` start to exit, as a user types it, twice
-#                (BASE: another checkout's root, run alternately as the baseline)
+#                (BASE: another checkout's root, run alternately as the baseline), then the cnn
+#                once; and the import of torch._dynamo alone
 #   train-cands2 cnn candidates, round 2: the M5-style model (5x5 convolutions) for seeds 0-2,
 #                with stroke width, with label smoothing; five at a time, weights in cands2_*.tgz
 #   resume       the cnn for 8 epochs straight (cuDNN autotuner on, then off), and killed
@@ -154,6 +155,8 @@ step_train_setup() {
 
 step_train_e2e() {  # as typed: progress bars and plots on; weights written to /tmp
   local i base=${BASE:-}
+  "$PY" -c "import time, torch; t = time.perf_counter(); import torch._dynamo
+print(f'import torch._dynamo after torch: {time.perf_counter() - t:.2f} s')" | tee "$1/dynamo.txt"
   for i in 1 2; do
     if [ -n "$base" ]; then
       { time (cd "$base" && "$PY" -m training.run --model fast --out /tmp/base_fast \
@@ -165,6 +168,9 @@ step_train_e2e() {  # as typed: progress bars and plots on; weights written to /
     grep -E "^(test accuracy|training loop |total|command wall)" "$1/fast_cmd$i.log"
     ls /tmp/e2e_fast_run >>"$1/fast_cmd$i.log"  # the plots are there at exit
   done
+  { time "$PY" -m training.run --model cnn --out /tmp/e2e_cnn --run-dir /tmp/e2e_cnn_run; } \
+    >"$1/cnn_cmd.log" 2>&1
+  grep -E "^(test accuracy|training loop |total|command wall)" "$1/cnn_cmd.log"
 }
 
 step_train_cands2() {  # five at a time: their loop times are not solo figures

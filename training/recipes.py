@@ -46,8 +46,17 @@ RECIPES: dict[str, Recipe] = {
     ),
     # A candidate for the cnn: the M5-style stack of 5x5 convolutions (models.M5), the cnn's
     # optimiser settings and augmentation (measured: bench/RESULTS.md, "Training on the H200").
+    # 30 epochs (0.42 s each on an H200), seeds 0-2: 99.67 / 99.65 / 99.68% test; with label
+    # smoothing 0.1 the best validation of its round (99.76%), so 60 epochs with it here.
     "m5": Recipe(
-        "m5", epochs=30, batch_size=128, lr=3e-3, weight_decay=5e-2, augment=True, amp=True
+        "m5",
+        epochs=60,
+        batch_size=128,
+        lr=3e-3,
+        weight_decay=5e-2,
+        augment=True,
+        amp=True,
+        label_smoothing=0.1,
     ),
     # The tutorial MLP; augmentation keeps it from memorising the training set.
     "mlp": Recipe(
