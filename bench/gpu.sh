@@ -174,9 +174,10 @@ print(f'import torch._dynamo after torch: {time.perf_counter() - t:.2f} s')" | t
 }
 
 step_train_cands2() {  # five at a time: their loop times are not solo figures
-  cand "$1" m5 --model m5 & cand "$1" m5_s1 --model m5 --seed 1 &
-  cand "$1" m5_s2 --model m5 --seed 2 & cand "$1" m5_stroke --model m5 --set stroke=0.5 &
-  cand "$1" m5_ls --model m5 --set label_smoothing=0.1 & wait
+  local m5=(--model m5 --epochs 30 --set label_smoothing=0.0)  # the m5 recipe as first tried
+  cand "$1" m5 "${m5[@]}" & cand "$1" m5_s1 "${m5[@]}" --seed 1 &
+  cand "$1" m5_s2 "${m5[@]}" --seed 2 & cand "$1" m5_stroke "${m5[@]}" --set stroke=0.5 &
+  cand "$1" m5_ls "${m5[@]}" --set label_smoothing=0.1 & wait
   tar czf "$1/cands2_a.tgz" cands/m5.* cands/m5_s1.* cands/m5_s2.*
   tar czf "$1/cands2_b.tgz" cands/m5_stroke.* cands/m5_ls.*
 }
