@@ -21,6 +21,12 @@ import sys
 from dataclasses import fields, replace
 from pathlib import Path
 
+# torch.optim imports torch._dynamo on an optimizer's first use (its methods are wrapped in
+# torch._disable_dynamo): 3.9 s on the H200 host. Imported here, the table shows it as the
+# import it is; on a worker thread beside the data loading it only moved into that phase (the
+# import holds the GIL), with no gain in the run's wall time (bench/RESULTS.md).
+import torch._dynamo  # noqa: F401
+
 from training.data import DATASETS, DatasetNotFound, IDXError
 from training.device import DEVICE_CHOICES, DeviceError
 from training.recipes import RECIPES, Recipe, recipe_for

@@ -120,10 +120,9 @@ def train(cfg: RunConfig, timings: Timings) -> RunResult | None:
         log: Log = print if ddp.is_main else (lambda *a, **k: None)
         run_dir = cfg.resume.parent if cfg.resume else cfg.run_dir or default_run_dir(cfg.name)
 
+        with timings.phase(DATA):
+            data = load_data(cfg, ddp)
         with ThreadPoolExecutor(max_workers=1) as pool:
-            pool.submit(import_dynamo)
-            with timings.phase(DATA):
-                data = load_data(cfg, ddp)
             sample_plot = start_sample_plot(pool, cfg, ddp, run_dir, data)
             with timings.phase(SETUP):
                 parts = build_parts(cfg, ddp, data)
@@ -149,14 +148,6 @@ def train(cfg: RunConfig, timings: Timings) -> RunResult | None:
                     run_dir, progress.history, meta["test"]["confusion_matrix"], data.dataset, test
                 )
         return RunResult(meta, weights_path, run_dir)
-
-
-def import_dynamo() -> None:
-    """torch.optim imports torch._dynamo on an optimizer's first use (its methods are wrapped
-    in torch._disable_dynamo), about 3 s on the H200 host. Imported on a worker thread from
-    the start, it overlaps the data loading, whose decompression and checksums release the
-    GIL; the optimizer then waits only for what is left (bench/RESULTS.md)."""
-    import torch._dynamo  # noqa: F401
 
 
 def start_sample_plot(
