@@ -18,6 +18,9 @@
 #                once; and the import of torch._dynamo alone
 #   train-cands2 cnn candidates, round 2: the M5-style model (5x5 convolutions) for seeds 0-2,
 #                with stroke width, with label smoothing; five at a time, weights in cands2_*.tgz
+#   train-views  the cnn (stroke 0.5) with training digits as the upload pipeline makes them
+#                (--extra-train $VIEWS, default data/upload-views.npz from
+#                `python -m training.upload_views`), seeds 0 1 2 at once; weights in views.tgz
 #   resume       the cnn for 8 epochs straight (cuDNN autotuner on, then off), and killed
 #                after epoch 4 then resumed through the CUDA-graph step; histories compared
 #   ddp          the cnn recipe on 1 and 2 GPUs under torchrun, eager, then 1 GPU graphed
@@ -123,6 +126,15 @@ step_train_cnn() {
     rm -f "runs/cnn_s$s/last.ckpt"
   done
   tar czf "$1/cnn.tgz" cands/cnn_s* runs/cnn_s*
+}
+
+step_train_views() {  # three at a time: the GPU time-slices them, so loop times are not solo
+  local s views=${VIEWS:-data/upload-views.npz}
+  for s in 0 1 2; do
+    cand "$1" "views_s$s" --seed "$s" --set stroke=0.5 --extra-train "$views" &
+  done
+  wait
+  tar czf "$1/views.tgz" cands/views_s*
 }
 
 step_train_cands() {  # four at a time: the GPU time-slices them, so their loop times are not solo

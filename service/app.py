@@ -46,6 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         choice = threads.decide(settings.torch_threads)
         telemetry.TORCH_THREADS.set(threads.apply(choice))
         log.info("torch threads: %d (%s)", torch.get_num_threads(), choice.why)
+        app.state.prepare_pool = threads.PreparePool(choice.threads)
         # Pillow's own bomb guard, in line with ours (it errors at twice its limit).
         Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
         registry: Registry = app.state.registry
@@ -96,6 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         for batcher in registry.batchers.values():
             await batcher.stop()
         registry.batchers.clear()
+        app.state.prepare_pool.shutdown()
 
     app = FastAPI(
         title="MNIST digit recognition",

@@ -248,12 +248,17 @@ async def _predict(
     """Preprocess, then the forward pass (joined with others when batching is on): singles and
     batches take this one path. Cheap inputs (a 28x28 image, a pixel array) are prepared right
     here on the event loop: a thread hop costs more than their ~0.1 ms of work. The rest goes to
-    the threadpool so that a large photo never stalls other requests."""
+    the worker's prepare threads (service/threads.py, `PreparePool`), in arrival order, so that
+    a large photo never stalls the event loop."""
     digits = predictor.dataset == "mnist"
     if cheap:
         images = _prepare(jobs, batch, whole, digits)
     else:
-        images = await run_in_threadpool(_prepare, jobs, batch, whole, digits)
+        pool = getattr(request.app.state, "prepare_pool", None)  # None before the lifespan
+        if pool is not None:
+            images = await pool.run(_prepare, jobs, batch, whole, digits)
+        else:
+            images = await run_in_threadpool(_prepare, jobs, batch, whole, digits)
     request.state.model, request.state.images = predictor.name, len(images)
     probs = await registry.infer(predictor, images, arrival)
     names = predictor.class_names

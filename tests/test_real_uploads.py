@@ -1,9 +1,9 @@
 """The images people really send, through the real app: tight crops are read, blanks refused.
 
-Tight crops come from the same generator as `bench/upload_accuracy.py` (the ink's own box of
-a real MNIST test digit, 0-2 px margin, either polarity, 32-128 px, some blurred); the no-digit
-images are real PNGs. The same no-digit rule holds for pixel arrays, .npy bodies, batch items
-and v2 tensors.
+Tight crops come from training/synthetic_uploads.py, the renderer `bench/upload_accuracy.py`
+measures with (the ink's own box of a real MNIST test digit, 0-2 px margin, either polarity,
+32-128 px, some blurred); the no-digit images are real PNGs. The same no-digit rule holds for
+pixel arrays, .npy bodies, batch items and v2 tensors.
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench.upload_accuracy import SEED, cutoff, lowres, tight
+from bench.upload_accuracy import SEED
 from tests.conftest import app_client
 from tests.uploads import encode
+from training.synthetic_uploads import cutoff, lowres, tight
 
 pytestmark = pytest.mark.anyio
 

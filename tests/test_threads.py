@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+import io
 import os
 import re
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import httpx
 import pytest
+from PIL import Image, ImageDraw
 
 from service import threads
 from tests.conftest import REPO_ROOT
@@ -168,3 +173,41 @@ def test_two_workers_share_the_cpus(launcher: str) -> None:
     # One access line per request, the service's own JSON one: none of uvicorn's plain ones.
     assert '"GET /metrics HTTP/1.1" 200' not in out, out[-2000:]
     assert '"path":"/metrics"' in out, out[-2000:]
+
+
+@pytest.mark.anyio
+async def test_prepare_pool_keeps_arrival_order_and_the_callers_context() -> None:
+    request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id")
+    request_id.set("r-1")
+    pool = threads.PreparePool(1)
+    seen: list[tuple[int, str, str]] = []
+
+    def prepare(i: int) -> int:
+        seen.append((i, request_id.get(), threading.current_thread().name))
+        return i * i
+
+    try:
+        assert await asyncio.gather(*(pool.run(prepare, i) for i in range(6))) == [
+            i * i for i in range(6)
+        ]
+    finally:
+        pool.shutdown()
+    assert [i for i, _, _ in seen] == list(range(6))  # one thread: first come, first served
+    assert {rid for _, rid, _ in seen} == {"r-1"}
+    assert all(name.startswith("prepare") for _, _, name in seen)
+
+
+@pytest.mark.anyio
+async def test_uploads_are_prepared_on_the_workers_prepare_threads() -> None:
+    from tests.conftest import app_client
+
+    canvas = Image.new("RGBA", (300, 300), (255, 255, 255, 0))
+    ImageDraw.Draw(canvas).line([(150, 40), (150, 260)], fill=(0, 0, 0, 255), width=24)
+    body = io.BytesIO()
+    canvas.save(body, "PNG")
+    async with app_client(torch_threads=1) as client:
+        before = {t.name for t in threading.enumerate()}
+        answer = await client.post("/predict", files={"file": ("one.png", body.getvalue())})
+        assert answer.status_code == 200 and answer.json()["digit"] == 1
+        names = {t.name for t in threading.enumerate()} - before
+    assert any(name.startswith("prepare") for name in names)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -198,3 +199,31 @@ def test_a_failing_rank_stops_the_whole_run(tmp_path: Path, mnist_dir: Path):
     assert proc.returncode != 0
     assert "rank 1 lost its data" in proc.stderr + proc.stdout
     assert not (tmp_path / "weights" / "mlp.pt").exists()
+
+
+def test_upload_views_are_built_through_the_pipeline_and_train(tmp_path: Path, mnist_dir: Path):
+    from training import upload_views
+
+    views = tmp_path / "views.npz"
+    args = ["--out", str(views), "--per-family", "40", "--data-dir", str(mnist_dir)]
+    assert upload_views.main([*args, "--families", "thick", "tight"]) == 0
+    with np.load(views) as built:
+        assert built["images"].shape == (80, 28, 28) and built["images"].dtype == np.uint8
+        assert list(built["families"]) == ["thick", "tight"]
+        # MNIST form: light ink on a black field, the digit's box 20 px on its longer side.
+        assert (built["images"][:, 0, :] == 0).all() and built["images"].max() == 255
+    meta = train(
+        tmp_path,
+        mnist_dir,
+        "--model",
+        "mlp",
+        "--epochs",
+        "1",
+        "--no-plots",
+        "--extra-train",
+        str(views),
+    )
+    assert meta["train_samples"] == 3000 + 80
+    assert meta["extra_train"]["samples"] == 80
+    assert meta["extra_train"]["families"] == ["thick", "tight"]
+    assert meta["extra_train"]["sha256"] == sha256_file(views)

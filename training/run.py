@@ -153,6 +153,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="train on the first N training images only (quick checks)",
     )
+    p.add_argument(
+        "--extra-train",
+        type=Path,
+        default=None,
+        help="a .npz of MNIST-form images and labels appended to the training split, e.g. "
+        "training digits as the upload pipeline makes them (python -m training.upload_views)",
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument(
         "--no-cuda-graph",
@@ -212,6 +219,7 @@ def run_config(args: argparse.Namespace) -> RunConfig:
         resume=args.resume,
         patience=args.patience,
         train_subset=args.train_subset,
+        extra_train=args.extra_train,
         compile=args.compile,
         cuda_graph=not args.no_cuda_graph,
         plots=not args.no_plots,

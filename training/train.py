@@ -8,6 +8,7 @@ once, and write the weights, their metadata and the plots. Each step is timed (t
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -57,6 +58,7 @@ class RunConfig:
     resume: Path | None = None
     patience: int = 0  # stop after this many epochs without a better validation accuracy
     train_subset: int | None = None
+    extra_train: Path | None = None  # .npz of MNIST-form images and labels (training.upload_views)
     compile: bool = False
     cuda_graph: bool = True
     plots: bool = True
@@ -205,6 +207,9 @@ def load_data(cfg: RunConfig, ddp: Distributed) -> Data:
     train_x, train_y = dataset.train
     if cfg.train_subset:
         train_x, train_y = train_x[: cfg.train_subset], train_y[: cfg.train_subset]
+    if cfg.extra_train:
+        extra_x, extra_y = load_extra_train(cfg.extra_train)
+        train_x, train_y = np.concatenate([train_x, extra_x]), np.concatenate([train_y, extra_y])
     train_batches = TensorLoader(
         train_x,
         train_y,
@@ -223,6 +228,15 @@ def load_data(cfg: RunConfig, ddp: Distributed) -> Data:
         return TensorLoader(*split, 1000, device, shuffle=False, channels_last=channels_last)
 
     return Data(dataset, train_batches, in_order(dataset.val), in_order(dataset.test))
+
+
+def load_extra_train(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Extra training images (N, 28, 28) uint8 and labels, e.g. `training.upload_views`'s."""
+    with np.load(path) as extra:
+        images, labels = extra["images"], extra["labels"]
+    if images.dtype != np.uint8 or images.shape[1:] != (28, 28) or len(labels) != len(images):
+        raise ValueError(f"{path}: expected uint8 images (N, 28, 28) with N labels")
+    return images, labels.astype(np.uint8)
 
 
 def build_parts(cfg: RunConfig, ddp: Distributed, data: Data) -> Parts:
@@ -395,6 +409,17 @@ def save_checkpoint(run_dir: Path, parts: Parts, progress: Progress, recipe: Rec
     )
 
 
+def extra_train_record(path: Path | None) -> dict | None:
+    """What metadata says of --extra-train: the file, its SHA-256 and its families."""
+    if path is None:
+        return None
+    with np.load(path) as extra:
+        families = [str(name) for name in extra["families"]] if "families" in extra else []
+        samples = len(extra["labels"])
+    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return {"file": Path(path).name, "sha256": digest, "samples": samples, "families": families}
+
+
 def per_class(result: EvalResult, labels: np.ndarray) -> tuple[list[float], list[list[int]]]:
     targets = torch.from_numpy(labels.astype(np.int64))
     confusion = torch.zeros(10, 10, dtype=torch.int64)
@@ -444,6 +469,7 @@ def metadata(
             "confusion_matrix": confusion,
         },
         "train_samples": len(data.train.labels),
+        "extra_train": extra_train_record(cfg.extra_train),
         "dataset": {
             "name": dataset.spec.name,
             "title": dataset.spec.title,
