@@ -11,6 +11,13 @@
 #                flags, e.g. "--set stroke=0.5"); weights, plots and logs in cnn.tgz
 #   train-cands  cnn candidates on validation, seed 0: moving average, stroke width, elastic,
 #                label smoothing, width 48, 80 epochs, scale, combinations; weights in cands.tgz
+#   train-setup  where start-up goes, finely (bench/train_setup.py: fast, cnn and m5, cuDNN
+#                autotuner on and off) and the import tree (python -X importtime)
+#   train-e2e    `python -m training.run --model fast` start to exit, as a user types it, twice
+#                (BASE: another checkout's root, run alternately as the baseline), then the cnn
+#                once; and the import of torch._dynamo alone
+#   train-cands2 cnn candidates, round 2: the M5-style model (5x5 convolutions) for seeds 0-2,
+#                with stroke width, with label smoothing; five at a time, weights in cands2_*.tgz
 #   train-views  the cnn (stroke 0.5) with training digits as the upload pipeline makes them
 #                (--extra-train $VIEWS, default data/upload-views.npz from
 #                `python -m training.upload_views`), seeds 0 1 2 at once; weights in views.tgz
@@ -149,6 +156,42 @@ cand() {  # out dir, name, then extra flags
   "$PY" -m $TRAIN --model cnn --no-plots --out cands --name "$name" --run-dir "runs/$name" "$@" \
     >"$dir/cnn_$name.log" 2>&1
   grep -E "^(val accuracy|test accuracy)" "$dir/cnn_$name.log" | sed "s/^/$name: /"
+}
+
+step_train_setup() {
+  "$PY" -X importtime -c "import training.run" 2>"$1/importtime.txt"
+  sort -t'|' -k2 -n "$1/importtime.txt" | tail -25
+  "$PY" bench/train_setup.py --json "$1/train_setup.json" --runs "fast" \
+    "fast --set cudnn_benchmark=true" "cnn --epochs 1" "m5 --epochs 2" 2>&1 | tee "$1/train_setup.log" | grep -A40 '^| piece'
+}
+
+step_train_e2e() {  # as typed: progress bars and plots on; weights written to /tmp
+  local i base=${BASE:-}
+  "$PY" -c "import time, torch; t = time.perf_counter(); import torch._dynamo
+print(f'import torch._dynamo after torch: {time.perf_counter() - t:.2f} s')" | tee "$1/dynamo.txt"
+  for i in 1 2; do
+    if [ -n "$base" ]; then
+      { time (cd "$base" && "$PY" -m training.run --model fast --out /tmp/base_fast \
+          --run-dir /tmp/base_fast_run); } >"$1/base_fast_cmd$i.log" 2>&1
+      grep -E "^(training loop |total|command wall)" "$1/base_fast_cmd$i.log" | sed 's/^/base: /'
+    fi
+    { time "$PY" -m training.run --model fast --out /tmp/e2e_fast --run-dir /tmp/e2e_fast_run; } \
+      >"$1/fast_cmd$i.log" 2>&1
+    grep -E "^(test accuracy|training loop |total|command wall)" "$1/fast_cmd$i.log"
+    ls /tmp/e2e_fast_run >>"$1/fast_cmd$i.log"  # the plots are there at exit
+  done
+  { time "$PY" -m training.run --model cnn --out /tmp/e2e_cnn --run-dir /tmp/e2e_cnn_run; } \
+    >"$1/cnn_cmd.log" 2>&1
+  grep -E "^(test accuracy|training loop |total|command wall)" "$1/cnn_cmd.log"
+}
+
+step_train_cands2() {  # five at a time: their loop times are not solo figures
+  local m5=(--model m5 --epochs 30 --set label_smoothing=0.0)  # the m5 recipe as first tried
+  cand "$1" m5 "${m5[@]}" & cand "$1" m5_s1 "${m5[@]}" --seed 1 &
+  cand "$1" m5_s2 "${m5[@]}" --seed 2 & cand "$1" m5_stroke "${m5[@]}" --set stroke=0.5 &
+  cand "$1" m5_ls "${m5[@]}" --set label_smoothing=0.1 & wait
+  tar czf "$1/cands2_a.tgz" cands/m5.* cands/m5_s1.* cands/m5_s2.*
+  tar czf "$1/cands2_b.tgz" cands/m5_stroke.* cands/m5_ls.*
 }
 
 step_resume() {

@@ -18,7 +18,7 @@ def test_models_map_images_to_ten_logits(name: str, batch: int) -> None:
 
 
 def test_unknown_model_lists_choices() -> None:
-    with pytest.raises(ValueError, match="choose one of: cnn, fastcnn, mlp, rnn"):
+    with pytest.raises(ValueError, match="choose one of: cnn, fastcnn, m5, mlp, rnn"):
         build_model("resnet")
 
 

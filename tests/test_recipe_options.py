@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from training.augment import RandomAffine, RandomStroke
 from training.ema import EMA
+from training.graphed import one_cycle_schedule
 from training.models import build_model
 from training.timing import LOOP, PHASES, STARTUP, Timings
 
@@ -70,3 +71,21 @@ def test_timing_table_lists_every_phase_in_order() -> None:
     lines = timings.table().splitlines()
     assert [line.split("  ")[0].strip() for line in lines[:-1]] == list(PHASES)
     assert lines[-1].startswith("total") and math.isclose(timings.total(), 1.5, abs_tol=0.05)
+
+
+@pytest.mark.parametrize(
+    ("peak", "steps", "warmup"), [(2e-2, 171, 0.2), (3e-3, 2145, 0.25), (1e-2, 7, 0.3)]
+)
+def test_one_cycle_schedule_is_torchs_one_cycle(peak: float, steps: int, warmup: float) -> None:
+    """The closed form the CUDA-graph step reads its learning rates from, against torch's own
+    OneCycleLR stepped on a throwaway optimizer."""
+    dummy = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=peak)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        dummy, max_lr=peak, total_steps=steps, pct_start=warmup, cycle_momentum=False
+    )
+    expected = []
+    for _ in range(steps):
+        expected.append(dummy.param_groups[0]["lr"])
+        dummy.step()
+        scheduler.step()
+    assert one_cycle_schedule(peak, steps, warmup) == pytest.approx(expected, rel=1e-12, abs=0)

@@ -7,14 +7,17 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 from torch import nn
-from tqdm import tqdm
 
 from training.ema import EMA
 from training.recipes import Recipe
+
+if TYPE_CHECKING:  # annotations only: tqdm is imported where bars are shown
+    from tqdm import tqdm
 
 
 @dataclass

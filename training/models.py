@@ -6,6 +6,8 @@ returns 10 logits. Pixels come in MNIST polarity: 0 = background, 255 = ink.
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import nn
 
@@ -87,6 +89,42 @@ class FastCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
+def _conv5_bn(c_in: int, c_out: int) -> nn.Sequential:
+    # No padding: each 5x5 convolution trims 2 px from every side of the map.
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, kernel_size=5, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    )
+
+
+class M5(nn.Module):
+    """A stack of 5x5 convolutions without padding or pooling, after the "M5" model of An et
+    al. 2020 (An Ensemble of Simple Convolutional Neural Network Models for MNIST Digit
+    Recognition), who report single models of about 99.8%: the maps shrink 28 -> 24 -> 20 ->
+    16 -> 12 -> 8 while the channels grow by `width` a layer (32 -> ... -> 160), then one linear
+    layer whose ten outputs are batch-normalised, as in the paper.
+
+    About six times the cnn's multiply-adds per image (137 M against 22 M).
+    """
+
+    def __init__(self, width: int = 32) -> None:
+        super().__init__()
+        channels = [1] + [width * k for k in range(1, 6)]
+        self.features = nn.Sequential(
+            *(_conv5_bn(c_in, c_out) for c_in, c_out in itertools.pairwise(channels))
+        )
+        side = IMAGE_SIZE - 5 * 4  # 8
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(channels[-1] * side * side, NUM_CLASSES, bias=False),
+            nn.BatchNorm1d(NUM_CLASSES),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
 class MLP(nn.Module):
     """784-512-512-10 with ReLU, as in the PyTorch quickstart tutorial."""
 
@@ -124,6 +162,7 @@ ARCHITECTURES: dict[str, type[nn.Module]] = {
     "mlp": MLP,
     "rnn": RNN,
     "fastcnn": FastCNN,
+    "m5": M5,
 }
 
 

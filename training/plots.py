@@ -81,13 +81,10 @@ def image_grid(images: np.ndarray, titles: list[str], path: Path, title: str) ->
     plt.close(fig)
 
 
-def write_all(
-    run_dir: Path, history: list[dict], matrix: list[list[int]], mnist: MNIST, test: EvalResult
-) -> None:
+def write_samples(run_dir: Path, mnist: MNIST) -> None:
+    """The plot that needs only the data: drawn while the model is set up (train.py)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    curves(history, run_dir / "curves.png")
     names = list(mnist.classes)
-    confusion(matrix, run_dir / "confusion.png", names)
     train_x, train_y = mnist.train
     image_grid(
         train_x[:32],
@@ -95,6 +92,16 @@ def write_all(
         run_dir / "samples.png",
         "training samples",
     )
+
+
+def write_results(
+    run_dir: Path, history: list[dict], matrix: list[list[int]], mnist: MNIST, test: EvalResult
+) -> None:
+    """The plots of what the run did: curves, confusion matrix, worst test mistakes."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    curves(history, run_dir / "curves.png")
+    names = list(mnist.classes)
+    confusion(matrix, run_dir / "confusion.png", names)
     test_x, test_y = mnist.test
     targets = torch.from_numpy(test_y.astype(np.int64))
     true_prob = test.probabilities.gather(1, targets[:, None]).squeeze(1)
@@ -112,3 +119,10 @@ def write_all(
         run_dir / "worst.png",
         "worst test mistakes (true->predicted, confidence)",
     )
+
+
+def write_all(
+    run_dir: Path, history: list[dict], matrix: list[list[int]], mnist: MNIST, test: EvalResult
+) -> None:
+    write_samples(run_dir, mnist)
+    write_results(run_dir, history, matrix, mnist, test)

@@ -11,13 +11,13 @@ import datetime as dt
 import hashlib
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from training import checkpoint
 from training.augment import (
@@ -120,14 +120,18 @@ def train(cfg: RunConfig, timings: Timings) -> RunResult | None:
         timings.device = device
         timings.add(DEVICE, time.perf_counter() - start)
         log: Log = print if ddp.is_main else (lambda *a, **k: None)
+        run_dir = cfg.resume.parent if cfg.resume else cfg.run_dir or default_run_dir(cfg.name)
 
         with timings.phase(DATA):
             data = load_data(cfg, ddp)
-        with timings.phase(SETUP):
-            parts = build_parts(cfg, ddp, data)
-            progress = resume(cfg, parts, log) if cfg.resume else Progress()
-            prepare(parts, data)
-        run_dir = cfg.resume.parent if cfg.resume else cfg.run_dir or default_run_dir(cfg.name)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            sample_plot = start_sample_plot(pool, cfg, ddp, run_dir, data)
+            with timings.phase(SETUP):
+                parts = build_parts(cfg, ddp, data)
+                progress = resume(cfg, parts, log) if cfg.resume else Progress()
+                prepare(parts, data)
+                if sample_plot is not None:
+                    sample_plot.result()  # what set-up did not hide is billed here
         log(describe(cfg, parts, data, ddp))
         fit(cfg, parts, data, progress, run_dir, ddp.is_main, timings, log)
         with timings.phase(EVALUATION):
@@ -140,12 +144,30 @@ def train(cfg: RunConfig, timings: Timings) -> RunResult | None:
             meta = metadata(cfg, parts, data, progress, val, test, ddp)
             weights_path = checkpoint.save_weights(parts.shipped, cfg.out, cfg.name, meta)
             if cfg.plots:
-                from training import plots  # matplotlib: imported only when plots are drawn
+                from training import plots  # imported (and timed) by start_sample_plot
 
-                plots.write_all(
+                plots.write_results(
                     run_dir, progress.history, meta["test"]["confusion_matrix"], data.dataset, test
                 )
         return RunResult(meta, weights_path, run_dir)
+
+
+def start_sample_plot(
+    pool: ThreadPoolExecutor, cfg: RunConfig, ddp: Distributed, run_dir: Path, data: Data
+) -> Future | None:
+    """Import matplotlib and draw the training samples on a worker thread, while the main
+    thread sets up the model: set-up waits mostly in CUDA and cuDNN calls, which release the
+    GIL, so about a second of plotting leaves the end of the run (bench/RESULTS.md). The
+    set-up phase waits for it before the loop starts, so the loop is never shared with it."""
+    if not (cfg.plots and ddp.is_main):
+        return None
+
+    def draw() -> None:
+        from training import plots  # matplotlib: imported only when plots are drawn
+
+        plots.write_samples(run_dir, data.dataset)
+
+    return pool.submit(draw)
 
 
 def default_run_dir(name: str) -> Path:
@@ -174,7 +196,7 @@ def build_augment(recipe: Recipe) -> Augment | None:
 
 def uses_channels_last(recipe: Recipe, device: torch.device) -> bool:
     # NHWC is the layout cuDNN's tensor-core convolutions want; avoids transposes.
-    return device.type == "cuda" and recipe.model in ("cnn", "fastcnn")
+    return device.type == "cuda" and recipe.model in ("cnn", "fastcnn", "m5")
 
 
 def load_data(cfg: RunConfig, ddp: Distributed) -> Data:
@@ -325,6 +347,8 @@ def run_epoch(
     data.train.set_epoch(epoch)
     bar = None
     if is_main and cfg.progress:
+        from tqdm import tqdm  # only when bars are shown
+
         bar = tqdm(
             total=len(data.train),
             desc=f"epoch {epoch}/{recipe.epochs}",
