@@ -60,6 +60,11 @@ class Arrival:
     def __exit__(self, *exc_info: object) -> None:
         self.batcher.arrived(self)
 
+    def leave(self) -> None:
+        """Stop counting as arriving before submitting: for a request whose images take longer
+        to prepare than a pass may wait (an upload queued for the prepare threads)."""
+        self.batcher.arrived(self)
+
 
 @dataclass
 class _Item:
