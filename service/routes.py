@@ -12,7 +12,6 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from service.batcher import Arrival
@@ -257,16 +256,13 @@ async def _predict(
     if cheap:
         images = _prepare(jobs, batch, whole, digits)
     else:
-        pool = getattr(request.app.state, "prepare_pool", None)  # None before the lifespan
         if arrival is not None:
             # Uploads wait their turn on the prepare threads, one by one: a pass that waited
             # for them would wait its whole max delay on every request (8 canvas connections:
             # 485 -> 305 req/s). They join whichever pass is next.
             arrival.leave()
-        if pool is not None:
-            images = await pool.run(_prepare, jobs, batch, whole, digits)
-        else:
-            images = await run_in_threadpool(_prepare, jobs, batch, whole, digits)
+        # Set in the lifespan, before any model (and so any request here) exists.
+        images = await request.app.state.prepare_pool.run(_prepare, jobs, batch, whole, digits)
     request.state.model, request.state.images = predictor.name, len(images)
     probs = await registry.infer(predictor, images, arrival)
     names = predictor.class_names
